@@ -1,0 +1,355 @@
+"""Fan-out: child jobs (worker chains), their join, a concurrency cap, progress roll-up.
+
+Ordering gives crash safety:
+1. the parent's step creates its children idempotently (deterministic ids, put-if-absent);
+2. the parent's fenced commit goes WAITING and ADDs N to `pending` (ADD, not SET, so a
+   child that joined before this commit — possible after a crash and a sweep — still
+   counts: the sum is exact either way);
+3. a child's terminal commit joins the parent in the same transaction: put
+   `CHILD#<id>` if absent (a child finishing twice never double-counts) and ADD -1 to
+   the parent's `pending`; with a concurrency cap K, child i's join also releases child
+   i+K, so at most K children are ever runnable;
+4. after the join, the child reads the parent's `pending` (one strongly consistent
+   read): at 0 it dispatches the parent's next step. Two last children may both see 0;
+   the parent's claim de-duplicates. Every join also makes the parent due, so if that
+   dispatch is lost the sweeper sends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from . import codec, protocol, schema
+from .dynamo import CONDITION_FAILED, TRANSACTION_CANCELLED, Update, av, error_code
+from .errors import InvalidInput, JobNotFound
+from .protocol import Lease, State
+from .records import JobView, Progress
+from .status import JobStatus
+from .store import JobStore, Limits, _job_key
+
+if TYPE_CHECKING:
+    from .context import StepContext
+
+QUEUED_UNTIL = 9_999_999_999_999  # not_before of a child waiting for a concurrency slot
+POLICIES = ("fail", "continue")
+MAX_CHILDREN = 100_000
+
+
+def chain_ranges(total: int, chains: int) -> list[tuple[int, int]]:
+    """Split [0, total) into `chains` contiguous, nearly equal ranges (none empty)."""
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise InvalidInput(f"total must be an int >= 0, got {total!r}")
+    if not isinstance(chains, int) or isinstance(chains, bool) or chains < 1:
+        raise InvalidInput(f"chains must be an int >= 1, got {chains!r}")
+    chains = min(chains, total) or 1
+    base, extra = divmod(total, chains)
+    out, start = [], 0
+    for i in range(chains):
+        end = start + base + (1 if i < extra else 0)
+        if end > start:
+            out.append((start, end))
+        start = end
+    return out
+
+
+def child_id(parent_id: str, step: int, index: int) -> str:
+    cid = f"{parent_id}.s{step}.{index}"
+    if len(cid) > 200:
+        cid = f"{codec.stable_id(parent_id)}.s{step}.{index}"
+    return cid
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """The step ended by spawning children; the runtime commits the parent WAITING."""
+
+    job_type: str
+    count: int
+    max_concurrency: int | None
+    policy: str
+    start_events: list[dict[str, Any]] = field(default_factory=list)
+    custom_ids: list[str] | None = None
+    reason: str = "children"
+
+
+@dataclass(frozen=True)
+class ChildView:
+    child_id: str
+    index: int | None
+    status: JobStatus
+    result: Any
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"child_id": self.child_id, "index": self.index, "status": self.status.value,
+                "result": self.result, "error": self.error}
+
+
+def spawn(
+    ctx: StepContext,
+    job_type: str,
+    inputs: list[Any],
+    *,
+    max_concurrency: int | None,
+    child_ids: Sequence[str] | None,
+    on_child_failure: str,
+) -> None:
+    from .app import step_event
+    from .context import Suspend
+
+    store, lease = ctx.store, ctx.lease
+    codec.validate_job_type(job_type)
+    if on_child_failure not in POLICIES:
+        raise InvalidInput(f"on_child_failure must be one of {POLICIES}, got "
+                           f"{on_child_failure!r}")
+    n = len(inputs)
+    if n == 0:
+        return
+    if n > MAX_CHILDREN:
+        raise InvalidInput(f"{n} children in one spawn; the limit is {MAX_CHILDREN}.")
+    if max_concurrency is not None and (not isinstance(max_concurrency, int)
+                                        or isinstance(max_concurrency, bool)
+                                        or max_concurrency < 1):
+        raise InvalidInput(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+    if child_ids is not None:
+        ids = [codec.validate_job_id(c) for c in child_ids]
+        if len(ids) != n or len(set(ids)) != n:
+            raise InvalidInput("child_ids must be distinct and one per input.")
+        codec.check_budget({"child_ids": codec.dumps(ids, "child_ids")}, 100 * 1024)
+    else:
+        ids = [child_id(lease.job_id, lease.step, i) for i in range(n)]
+    k = max_concurrency or n
+    spec = _child_limits(ctx, job_type)
+    items = []
+    for i, (cid, inp) in enumerate(zip(ids, inputs, strict=True)):
+        queued = i >= k
+        extra: dict[str, Any] = {"parent_type": lease.job_type}
+        if i + k < n:
+            extra["release_id"] = ids[i + k]
+        if queued:
+            extra["not_before"] = QUEUED_UNTIL
+            extra["wait_reason"] = "concurrency"
+        _, item = store.new_job_item(
+            job_type, inp, cid, spec, parent_id=lease.job_id, child_index=i,
+            runnable_now=not queued, extra=extra,
+        )
+        items.append(item)
+    _put_all_if_absent(store, items)
+    events = [step_event(ids[i], 0, job_type, parent_type=lease.job_type)
+              for i in range(min(k, n))]
+    raise Suspend(Spawned(job_type, n, max_concurrency, on_child_failure, events,
+                          ids if child_ids is not None else None))
+
+
+def _child_limits(ctx: StepContext, job_type: str) -> Limits:
+    app_specs = getattr(ctx, "_specs", None)
+    if app_specs and job_type in app_specs:
+        limits: Limits = app_specs[job_type].limits
+        return limits
+    return Limits()
+
+
+def _put_all_if_absent(store: JobStore, items: list[dict[str, Any]]) -> None:
+    """Create items that do not exist yet; existing ones (a re-run spawn) are kept."""
+    for i in range(0, len(items), 100):
+        chunk = items[i:i + 100]
+        try:
+            store.call("transact_write_items", TransactItems=[
+                {"Put": {"TableName": store.table_name, "Item": it,
+                         "ConditionExpression": "attribute_not_exists(pk)"}} for it in chunk
+            ])
+        except ClientError as exc:
+            if error_code(exc) != TRANSACTION_CANCELLED:
+                raise
+            for it in chunk:
+                try:
+                    store.call("put_item", Item=it,
+                               ConditionExpression="attribute_not_exists(pk)")
+                except ClientError as e:
+                    if error_code(e) != CONDITION_FAILED:
+                        raise
+
+
+def commit_spawn(store: JobStore, lease: Lease, state: State,
+                 spawned: Spawned) -> tuple[int, bool]:
+    """The parent's fenced commit to WAITING on its children. Returns (next step, ready)."""
+    now = store.clock.now_ms()
+    nxt = lease.step + 1
+    upd = (
+        protocol._fenced(lease, now)
+        .set("cursor", state.cursor)
+        .set("tokens", state.tokens)
+        .set("progress", state.progress)
+        .set("status", JobStatus.WAITING.value)
+        .set("wait_reason", "children")
+        .set("children_total", spawned.count)
+        .set("spawn_step", lease.step)
+        .set("child_type", spawned.job_type)
+        .set("child_policy", spawned.policy)
+        .set("attempt", 0)
+        .set("due_at", now + store.dispatch_timeout_ms)
+        .set("dk", schema.due_hash(lease.job_id))
+        .remove("lease_owner", "lease_expires_at")
+        .add("pending", spawned.count)
+        .add("run_ms", max(0, now - lease.claimed_at))
+    )
+    if spawned.max_concurrency is not None:
+        upd.set("max_concurrency", spawned.max_concurrency)
+    if spawned.custom_ids is not None:
+        upd.set("child_ids", codec.dumps(spawned.custom_ids, "child_ids"))
+    upd.sets.append(f"#step = {upd.value('next', nxt)}")
+    resp = protocol._update(store, lease, upd, "spawn commit", returns="UPDATED_NEW")
+    pending = int(resp.get("Attributes", {}).get("pending", {}).get("N", "1"))
+    return nxt, pending <= 0
+
+
+def join_actions(store: JobStore, lease: Lease, status: str, result_json: str | None,
+                 error: str | None) -> list[dict[str, Any]] | None:
+    """Transaction actions that join a finishing child to its parent (None: no parent)."""
+    job = lease.job
+    if not job.parent_id:
+        return None
+    now = store.clock.now_ms()
+    link: dict[str, Any] = {
+        "pk": av(schema.job_pk(job.parent_id)),
+        "sk": av(schema.child_sk(job.job_id)),
+        "child_id": av(job.job_id),
+        "status": av(status),
+        "joined_at": av(now),
+        "expires_at": av(now // 1000 + store.retention_s * 2),
+    }
+    if job.child_index is not None:
+        link["index"] = av(job.child_index)
+    if result_json is not None:
+        link["result"] = av(result_json)
+    if error is not None:
+        link["error"] = av(error[:2000])
+    parent = (Update().add("pending", -1).set("due_at", now + store.dispatch_timeout_ms)
+              .set("dk", schema.due_hash(job.parent_id)).where("attribute_exists(pk)"))
+    actions: list[dict[str, Any]] = [
+        {"Put": {"TableName": store.table_name, "Item": link,
+                 "ConditionExpression": "attribute_not_exists(sk)"}},
+        {"Update": {"TableName": store.table_name, "Key": _job_key(job.parent_id),
+                    **parent.kwargs()}},
+    ]
+    if job.release_id:
+        rel = (Update().remove("not_before", "wait_reason")
+               .set("due_at", now + store.dispatch_timeout_ms)
+               .set("dk", schema.due_hash(job.release_id))
+               .where("attribute_exists(pk)"))
+        actions.append({"Update": {"TableName": store.table_name,
+                                   "Key": _job_key(job.release_id), **rel.kwargs()}})
+    return actions
+
+
+def after_join(store: JobStore, lease: Lease) -> list[dict[str, Any]]:
+    """Events to send after a child's terminal commit: the released child, the parent."""
+    from .app import step_event
+
+    job = lease.job
+    if not job.parent_id:
+        return []
+    events = []
+    if job.release_id:
+        events.append(step_event(job.release_id, 0, job.job_type,
+                                 parent_type=job.parent_type))
+    resp = store.call(
+        "get_item", Key=_job_key(job.parent_id), ConsistentRead=True,
+        ProjectionExpression="pending, #step, job_type, #status",
+        ExpressionAttributeNames={"#step": "step", "#status": "status"},
+    )
+    item = resp.get("Item")
+    if item and int(item.get("pending", {}).get("N", "1")) <= 0 and item.get(
+        "status", {}
+    ).get("S") == JobStatus.WAITING.value:
+        events.append(step_event(job.parent_id, int(item["step"]["N"]),
+                                 item["job_type"]["S"]))
+    return events
+
+
+def children(store: JobStore, parent_id: str) -> list[ChildView]:
+    """Finished children of a job (their CHILD# links), in index order."""
+    out = []
+    for item in store._query_prefix(parent_id, "CHILD#"):
+        out.append(ChildView(
+            child_id=item["child_id"]["S"],
+            index=int(item["index"]["N"]) if "index" in item else None,
+            status=JobStatus(item["status"]["S"]),
+            result=codec.loads(item.get("result", {}).get("S")),
+            error=item.get("error", {}).get("S"),
+        ))
+    out.sort(key=lambda c: (c.index if c.index is not None else 1 << 60, c.child_id))
+    return out
+
+
+def before_step(store: JobStore, lease: Lease) -> str | None:
+    """On the step after a spawn: a 'fail' policy fails the parent if a child failed."""
+    job = lease.job
+    if job.spawn_step is None or lease.step != job.spawn_step + 1 or job.child_policy != "fail":
+        return None
+    failed = [c for c in children(store, job.job_id) if c.status != JobStatus.SUCCEEDED]
+    if not failed:
+        return None
+    first = failed[0]
+    return (f"{len(failed)} of {job.children_total} children did not succeed (first: "
+            f"{first.child_id} {first.status.value}: {first.error}); spawn with "
+            "on_child_failure='continue' to handle failed children in the next step.")
+
+
+def child_ids_of(job: JobView) -> list[str]:
+    if job.spawn_step is None or not job.children_total:
+        return []
+    if job.child_ids:
+        return list(job.child_ids)
+    return [child_id(job.job_id, job.spawn_step, i) for i in range(job.children_total)]
+
+
+def rollup(store: JobStore, parent: JobView) -> Progress:
+    """The parent's progress from its children's own items (no hot parent item).
+
+    Reads each child (BatchGetItem, 100 per request): done/total summed over children
+    that report totals; finished children count as complete.
+    """
+    ids = child_ids_of(parent)
+    if not ids:
+        return parent.progress
+    done = total = 0.0
+    unit = None
+    for raw in store.batch_get_raw([_job_key(c) for c in ids]):
+        view = store.view(raw, secrets=False)
+        p = view.progress
+        unit = unit or p.unit
+        if p.total:
+            total += p.total
+            done += p.total if view.status == JobStatus.SUCCEEDED else min(p.done, p.total)
+        else:
+            total += 1
+            done += 1 if view.status.terminal else 0
+    return Progress(done, total, unit or "items")
+
+
+def cancel_tree(store: JobStore, job_id: str, reason: str = "cancelled by operator") -> int:
+    """Cancel a job and, recursively, its unfinished children. Returns how many changed."""
+    from .errors import JobFinished
+
+    try:
+        view = store.cancel(job_id, reason)
+    except JobNotFound:
+        raise
+    count = 1
+    for cid in child_ids_of(view):
+        try:
+            child = store.get(cid)
+        except JobNotFound:
+            continue
+        if child.status.terminal:
+            continue
+        try:
+            count += cancel_tree(store, cid, f"parent {job_id} cancelled")
+        except JobFinished:
+            pass
+    return count

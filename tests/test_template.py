@@ -1,0 +1,149 @@
+"""The SAM template: transforms and lints clean offline, and has the properties a
+recursive jobstate deployment needs. Negative tests mutate copies of the template to
+prove each check can fail."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import template_check as tc
+
+SELF_INVOKE = (
+    'Resource: !Sub "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}'
+    ':function:${AWS::StackName}-file-processor"'
+)
+
+
+@pytest.fixture(scope="module")
+def cfn() -> dict[str, Any]:
+    return tc.transform(tc.TEMPLATE)
+
+
+def mutated(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
+    """A copy of template.yaml with `old` replaced by `new` (which must occur)."""
+    text = tc.TEMPLATE.read_text(encoding="utf-8")
+    assert old in text, f"mutation target not found: {old!r}"
+    path = tmp_path / "template.yaml"
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
+    return path
+
+
+# -- (a) transforms and lints clean ----------------------------------------------------
+
+
+def test_template_transforms_and_lints_clean(cfn: dict[str, Any]) -> None:
+    errors, warnings = tc.lint_all(cfn)
+    assert errors == []
+    assert warnings == []
+
+
+def test_every_property_check_passes(cfn: dict[str, Any]) -> None:
+    assert tc.check_all(cfn) == []
+
+
+# -- (b) properties of the transformed template ----------------------------------------
+
+
+def test_workers(cfn: dict[str, Any]) -> None:
+    assert tc.check_workers(cfn) == []
+    for fn in tc.WORKERS:
+        assert tc.props(cfn, fn)["RecursiveLoop"] == "Allow"
+
+
+def test_workers_invoke_themselves_by_name(cfn: dict[str, Any]) -> None:
+    assert tc.check_self_invoke(cfn) == []
+
+
+def test_workers_can_write_to_failure_queue(cfn: dict[str, Any]) -> None:
+    assert tc.check_failure_queue_policy(cfn) == []
+
+
+def test_table(cfn: dict[str, Any]) -> None:
+    assert tc.check_table(cfn) == []
+
+
+def test_iam_has_no_wildcards(cfn: dict[str, Any]) -> None:
+    assert tc.check_iam(cfn) == []
+    assert any(True for _ in tc.iam_statements(cfn))  # the walker sees statements at all
+
+
+def test_function_url_uses_iam(cfn: dict[str, Any]) -> None:
+    assert tc.check_function_url(cfn) == []
+
+
+def test_sweeper_schedule_and_routes(cfn: dict[str, Any]) -> None:
+    assert tc.check_sweeper(cfn) == []
+
+
+def test_alarms(cfn: dict[str, Any]) -> None:
+    assert tc.check_alarms(cfn) == []
+
+
+def test_alarm_actions_only_with_topic(cfn: dict[str, Any]) -> None:
+    assert "HasAlarmTopic" in cfn["Conditions"]
+    for lid, alarm in tc.resources(cfn, "AWS::CloudWatch::Alarm").items():
+        assert "Fn::If" in alarm["Properties"]["AlarmActions"], lid
+
+
+# -- (c) the checks can fail ----------------------------------------------------------
+
+
+def test_circular_self_invoke_is_caught_by_cfn_lint_after_transform(tmp_path: Path) -> None:
+    path = mutated(tmp_path, SELF_INVOKE, "Resource: !GetAtt FileProcessorFunction.Arn")
+    # The SAM transform accepts it; the circular Function <-> Role dependency only
+    # shows up when cfn-lint checks the transformed CloudFormation (rule E3004).
+    cfn = tc.transform(path)
+    errors = tc.lint(cfn)
+    assert any(e.startswith("E3004") and "FileProcessorFunction" in e for e in errors), errors
+    assert any(p.startswith("E3004") for p in tc.validate(path))
+    assert any("FileProcessorFunction" in p for p in tc.check_self_invoke(cfn))
+
+
+def test_async_retries_are_caught(tmp_path: Path) -> None:
+    cfn = tc.transform(mutated(tmp_path, "MaximumRetryAttempts: 0", "MaximumRetryAttempts: 2"))
+    problems = tc.check_workers(cfn)
+    assert len(problems) == 1
+    assert "FileProcessorFunction" in problems[0] and "MaximumRetryAttempts" in problems[0]
+
+
+def test_missing_recursive_loop_allow_is_caught(tmp_path: Path) -> None:
+    cfn = tc.transform(mutated(tmp_path, "RecursiveLoop: Allow", "RecursiveLoop: Terminate"))
+    assert any("RecursiveLoop" in p for p in tc.check_workers(cfn))
+
+
+def test_public_function_url_is_caught(tmp_path: Path) -> None:
+    cfn = tc.transform(mutated(tmp_path, "AuthType: AWS_IAM", "AuthType: NONE"))
+    problems = tc.check_function_url(cfn)
+    assert any("AuthType is 'NONE'" in p for p in problems)
+    assert any("invokable by anyone" in p for p in problems)
+
+
+def test_dynamodb_wildcard_is_caught(tmp_path: Path) -> None:
+    cfn = tc.transform(mutated(tmp_path, "- dynamodb:GetItem", "- dynamodb:*"))
+    problems = tc.check_iam(cfn)
+    assert any("dynamodb:*" in p for p in problems), problems
+
+
+def test_invoke_any_function_is_caught(tmp_path: Path) -> None:
+    cfn = tc.transform(mutated(tmp_path, SELF_INVOKE, 'Resource: "*"'))
+    assert any("non-specific" in p for p in tc.check_iam(cfn))
+    assert tc.check_self_invoke(cfn) != []
+
+
+def test_table_without_ttl_is_caught(tmp_path: Path) -> None:
+    cfn = tc.transform(mutated(tmp_path, "AttributeName: expires_at", "AttributeName: ttl"))
+    assert any("TTL" in p for p in tc.check_table(cfn))
+
+
+def test_missing_alarm_is_caught(cfn: dict[str, Any]) -> None:
+    broken = {**cfn, "Resources": {k: v for k, v in cfn["Resources"].items()
+                                   if k != "EtlPollerRecursionDroppedAlarm"}}
+    assert tc.check_alarms(broken) == [
+        "EtlPollerFunction: no RecursiveInvocationsDropped > 0 alarm"
+    ]
