@@ -17,10 +17,13 @@ from .errors import (
     DispatchFailed,
     EffectOutcomeUnknown,
     InvalidEvent,
+    InvalidInput,
     InvalidStepResult,
     JobCancelled,
     JobStateError,
     LeaseLost,
+    StateNotSerializable,
+    StateTooLarge,
     UnknownJobType,
 )
 from .protocol import Lease, State
@@ -113,7 +116,7 @@ class App:
         """Register a step function: `@app.job("name", max_steps=..., deadline=seconds)`."""
         codec.validate_job_type(name)
         if name in self.specs:
-            raise codec.InvalidInput(f"job type {name!r} is registered twice.")
+            raise InvalidInput(f"job type {name!r} is registered twice.")
         policy = retry or RetryPolicy()
         if max_attempts is not None:
             policy = replace(policy, max_attempts=max_attempts)
@@ -122,7 +125,7 @@ class App:
 
         def register(fn: StepFn) -> StepFn:
             if not callable(fn):
-                raise codec.InvalidInput(f"@app.job({name!r}) must decorate a function.")
+                raise InvalidInput(f"@app.job({name!r}) must decorate a function.")
             self.specs[name] = JobSpec(name, fn, limits, policy, history)
             return fn
 
@@ -345,15 +348,10 @@ class App:
                     extra_actions=self._join_actions(lease, "FAILED", None, message))
                 self._after_terminal(lease, None)
                 report = self._done(lease, "failed", message, JobStatus.FAILED)
-                if isinstance(exc, InvalidStepResult | TypeError) or (
-                    isinstance(exc, JobStateError) and not isinstance(exc, EffectOutcomeUnknown)
-                    and getattr(exc, "raise_to_caller", True)
-                ):
+                if isinstance(exc, InvalidStepResult | StateNotSerializable | StateTooLarge):
                     # Programming errors surface to the caller (and the Lambda logs); the
                     # job is already FAILED, so a redelivery no-ops.
-                    if isinstance(exc, InvalidStepResult | codec.StateNotSerializable
-                                  | codec.StateTooLarge):
-                        raise exc
+                    raise exc
                 return report, None
             protocol.fail_attempt(self.store, lease, message, retry_in_ms=retry_in)
         except LeaseLost as e:
@@ -437,7 +435,7 @@ def _parse_event(event: Any) -> dict[str, Any]:
                            f"be an int >= 0; {expected}.")
     try:
         codec.validate_job_id(job_id)
-    except codec.InvalidInput as exc:
+    except InvalidInput as exc:
         raise InvalidEvent(f"jobstate event: {exc}") from None
     jt = body.get("job_type")
     if jt is not None and not isinstance(jt, str):

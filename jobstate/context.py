@@ -16,6 +16,7 @@ from .effects import Effects
 from .errors import InvalidInput, JobStateError
 from .protocol import Lease, State
 from .records import JobView, Progress
+from .retry import tenacity_delay_ms
 from .status import Semantics
 from .store import JobStore
 from .timebudget import TimeBudget
@@ -226,9 +227,7 @@ class StepContext:
                     f"({state['n']} checks); last value {value!r:.200}",
                     job_id=self.job_id,
                 )
-            rs: Any = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-            rs.attempt_number = state["n"]
-            delay_ms = int(float(strategy(rs)) * 1000)
+            delay_ms = tenacity_delay_ms(strategy, state["n"])
             if not self._budget.fits(delay_ms):
                 raise Suspend(Wait(now + delay_ms, f"poll:{name}"))
             self._store.clock.sleep(delay_ms / 1000)

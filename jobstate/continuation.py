@@ -60,7 +60,7 @@ class LambdaContinuation:
         self._retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=max_wait_s),
+            wait=wait_exponential_jitter(multiplier=0.1, max=max_wait_s),
             reraise=True,
         )
 

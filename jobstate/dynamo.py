@@ -45,7 +45,7 @@ def error_code(exc: BaseException) -> str | None:
 def old_item(exc: BaseException) -> dict[str, Any] | None:
     """The item returned by ReturnValuesOnConditionCheckFailure=ALL_OLD, if any."""
     if isinstance(exc, ClientError):
-        item = exc.response.get("Item")
+        item: Any = exc.response.get("Item")  # present with ALL_OLD, absent from the stubs
         return dict(item) if item else None
     return None
 

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from . import codec, faults, schema
 from .dynamo import CONDITION_FAILED, TRANSACTION_CANCELLED, av, error_code, old_item
-from .errors import EffectOutcomeUnknown, InvalidInput, JobNotFound, LeaseLost
+from .errors import EffectOutcomeUnknown, InvalidInput, JobNotFound, LeaseLost, StateTooLarge
 from .protocol import Lease
 from .status import NOT_DONE, Semantics
 from .store import JobStore
@@ -62,7 +62,7 @@ def _started_item(store: JobStore, lease: Lease, key: str, sem: Semantics,
 def _encode_result(value: Any, key: str) -> str:
     text = codec.dumps(value, f"result of effect {key!r}")
     if codec.size_of(text) > RESULT_BUDGET_BYTES:
-        raise codec.StateTooLarge(
+        raise StateTooLarge(
             f"result of effect {key!r} is {codec.size_of(text)} bytes; effect results are "
             f"limited to {RESULT_BUDGET_BYTES} bytes (DynamoDB items are at most 400 KB). "
             "Return an id or an S3 key instead of the data."

@@ -17,6 +17,7 @@ Ordering gives crash safety:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -348,8 +349,6 @@ def cancel_tree(store: JobStore, job_id: str, reason: str = "cancelled by operat
             continue
         if child.status.terminal:
             continue
-        try:
+        with contextlib.suppress(JobFinished):  # it finished meanwhile
             count += cancel_tree(store, cid, f"parent {job_id} cancelled")
-        except JobFinished:
-            pass
     return count

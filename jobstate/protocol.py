@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -24,7 +24,13 @@ from .dynamo import (
     error_code,
     old_item,
 )
-from .errors import JobCancelled, JobNotFound, LeaseLost
+from .errors import (
+    JobCancelled,
+    JobNotFound,
+    LeaseLost,
+    StateNotSerializable,
+    TokensUnreadable,
+)
 from .records import JobView
 from .status import ClaimOutcome, JobStatus
 from .store import JobStore, _job_key
@@ -113,13 +119,41 @@ def claim(
             raise
         return _why_not(store, job_id, step, old_item(exc), now)
     raw = resp["Attributes"]
-    job = store.view(raw)
+    try:
+        job = store.view(raw)
+    except TokensUnreadable as exc:
+        return _park_unreadable(store, raw, step, owner, lease_until_ms, now, request_id, exc)
     prev = raw.get("prev_owner", {}).get("S", NO_OWNER)
     takeover = prev != NO_OWNER
     lease = Lease(job_id, job.job_type, step, owner, lease_until_ms, now, request_id, job,
                   takeover)
     outcome = ClaimOutcome.TAKEOVER if takeover else ClaimOutcome.CLAIMED
     return ClaimResult(outcome, lease, job, f"took over from {prev}" if prev != NO_OWNER else "")
+
+
+def _park_unreadable(store: JobStore, raw: dict[str, Any], step: int, owner: str,
+                     lease_until_ms: int, now: int, request_id: str,
+                     exc: TokensUnreadable) -> ClaimResult:
+    """The claim succeeded but this deployment cannot decrypt the job's tokens.
+
+    Running the step without its tokens (or letting the error escape with the lease held)
+    would loop through the sweeper until the deadline: fail the job instead, keeping the
+    stored (encrypted) tokens untouched, so it can be resumed once the cipher is fixed.
+    """
+    from .fanout import join_actions
+
+    job = store.view(raw, secrets=False)
+    reason = (f"{exc} Step {step} did not run; the job is FAILED with its state intact: fix "
+              f"the cipher and `jobstate resume {job.job_id}`.")
+    lease = Lease(job.job_id, job.job_type, step, owner, lease_until_ms, now, request_id, job)
+    state = State(raw.get("cursor", {}).get("S", "{}"), raw.get("tokens", {}).get("S", ""),
+                  raw.get("progress", {}).get("S", "{}"))
+    try:
+        finish(store, lease, state, JobStatus.FAILED, error=reason,
+               extra_actions=join_actions(store, lease, "FAILED", None, reason))
+    except LeaseLost:
+        return ClaimResult(ClaimOutcome.IN_FLIGHT, None, job, "lost the lease while failing")
+    return ClaimResult(ClaimOutcome.FINISHED, None, job, reason)
 
 
 def _why_not(
@@ -206,12 +240,12 @@ class State:
     def encode(cls, store: JobStore, cursor: Any, tokens: Any,
                progress: dict[str, Any]) -> State:
         if not isinstance(cursor, dict):
-            raise codec.StateNotSerializable(
+            raise StateNotSerializable(
                 f"ctx.cursor must be a dict, got {type(cursor).__name__}; store positions "
                 "as e.g. {'offset': 1200}."
             )
         if not isinstance(tokens, dict):
-            raise codec.StateNotSerializable(
+            raise StateNotSerializable(
                 f"ctx.tokens must be a dict, got {type(tokens).__name__}."
             )
         state = cls(codec.dumps(cursor, "cursor"), store.encode_tokens(tokens),
@@ -358,8 +392,8 @@ def transact(store: JobStore, lease: Lease, actions: list[dict[str, Any]], what:
         reasons = exc.response.get("CancellationReasons", [])
         first = reasons[0] if reasons else {}
         if first.get("Code") in (CANCELLED_BY_CONDITION, CONDITION_FAILED):
-            fake = ClientError({"Error": {"Code": CONDITION_FAILED},
-                                "Item": first.get("Item")}, "TransactWriteItems")
+            fake = ClientError(cast(Any, {"Error": {"Code": CONDITION_FAILED},
+                                          "Item": first.get("Item")}), "TransactWriteItems")
             raise _lost(store, lease, fake, what) from None
         raise
 

@@ -7,7 +7,7 @@ into Lambda's own async retry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import tenacity
 from tenacity.wait import wait_base
@@ -29,7 +29,14 @@ PERMANENT: tuple[type[BaseException], ...] = (
 
 
 def _default_wait() -> wait_base:
-    return tenacity.wait_exponential_jitter(initial=2, max=300, jitter=1)
+    return tenacity.wait_exponential_jitter(multiplier=2, max=300, jitter=1)
+
+
+def tenacity_delay_ms(strategy: wait_base, attempt: int) -> int:
+    """The delay a tenacity wait strategy gives after `attempt` attempts, in ms."""
+    state = tenacity.RetryCallState(retry_object=cast(Any, None), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    return int(max(0.0, float(strategy(state))) * 1000)
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,7 @@ class RetryPolicy:
 
     def delay_ms(self, attempt: int) -> int:
         """Backoff before attempt `attempt + 1`, from the tenacity strategy."""
-        state: Any = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-        state.attempt_number = attempt
-        return int(max(0.0, float(self.wait(state))) * 1000)
+        return tenacity_delay_ms(self.wait, attempt)
 
     def next_delay_ms(self, exc: BaseException, attempt: int) -> int | None:
         """None if `exc` after `attempt` attempts is final; else the backoff in ms."""

@@ -99,7 +99,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
              "billing_mode": "PAY_PER_REQUEST"},
         )
 
-    class ByTypeIndex(GlobalSecondaryIndex[Any]):
+    class ByTypeIndex(GlobalSecondaryIndex[Any]):  # type: ignore[no-untyped-call]
         class Meta:
             index_name = LIST_INDEX
             projection = KeysOnlyProjection()
@@ -107,7 +107,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         lk = UnicodeAttribute(hash_key=True)
         ls = UnicodeAttribute(range_key=True)
 
-    class DueIndex(GlobalSecondaryIndex[Any]):
+    class DueIndex(GlobalSecondaryIndex[Any]):  # type: ignore[no-untyped-call]
         class Meta:
             index_name = DUE_INDEX
             projection = IncludeProjection(DUE_INCLUDED)
@@ -116,7 +116,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         due_at = NumberAttribute(range_key=True)
 
     class JobModel(Model):
-        Meta = meta()
+        Meta = meta()  # type: ignore[assignment]
         pk = UnicodeAttribute(hash_key=True)
         sk = UnicodeAttribute(range_key=True)
         job_id = UnicodeAttribute()
@@ -170,7 +170,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         due = DueIndex()
 
     class HistoryModel(Model):
-        Meta = meta()
+        Meta = meta()  # type: ignore[assignment]
         pk = UnicodeAttribute(hash_key=True)
         sk = UnicodeAttribute(range_key=True)
         step = NumberAttribute()
@@ -186,7 +186,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         expires_at = NumberAttribute(null=True)
 
     class EffectModel(Model):
-        Meta = meta()
+        Meta = meta()  # type: ignore[assignment]
         pk = UnicodeAttribute(hash_key=True)
         sk = UnicodeAttribute(range_key=True)
         state = UnicodeAttribute()
@@ -200,7 +200,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         expires_at = NumberAttribute(null=True)
 
     class ChildModel(Model):
-        Meta = meta()
+        Meta = meta()  # type: ignore[assignment]
         pk = UnicodeAttribute(hash_key=True)
         sk = UnicodeAttribute(range_key=True)
         child_id = UnicodeAttribute()
@@ -212,7 +212,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         expires_at = NumberAttribute(null=True)
 
     class ControlModel(Model):
-        Meta = meta()
+        Meta = meta()  # type: ignore[assignment]
         pk = UnicodeAttribute(hash_key=True)
         sk = UnicodeAttribute(range_key=True)
         paused = BooleanAttribute(null=True)

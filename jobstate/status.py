@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Lifecycle of a job. Terminal states never change again."""
 
     PENDING = "PENDING"
@@ -28,14 +28,14 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 RUNNABLE = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.WAITING})
 
 
-class Semantics(str, enum.Enum):
+class Semantics(enum.StrEnum):
     """What `ctx.once` promises when an earlier attempt died mid-effect."""
 
     AT_MOST_ONCE = "AT_MOST_ONCE"
     AT_LEAST_ONCE = "AT_LEAST_ONCE"
 
 
-class ClaimOutcome(str, enum.Enum):
+class ClaimOutcome(enum.StrEnum):
     """Why a delivery of step N did (or did not) get to run."""
 
     CLAIMED = "claimed"

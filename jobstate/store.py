@@ -7,6 +7,7 @@ The step protocol's lease-fenced writes live in `protocol.py`; both go through
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import os
 import threading
@@ -354,8 +355,10 @@ class JobStore:
                 continue
             kw: dict[str, Any] = {
                 "IndexName": schema.LIST_INDEX,
-                "KeyConditionExpression": "lk = :lk" + (" AND begins_with(ls, :p)" if prefix else ""),
-                "ExpressionAttributeValues": {":lk": av(lk), **({":p": av(prefix)} if prefix else {})},
+                "KeyConditionExpression": "lk = :lk"
+                + (" AND begins_with(ls, :p)" if prefix else ""),
+                "ExpressionAttributeValues": {":lk": av(lk),
+                                              **({":p": av(prefix)} if prefix else {})},
                 "ScanIndexForward": False,
                 "Limit": limit,
             }
@@ -401,7 +404,7 @@ class JobStore:
                 return
             token = page.next_token
 
-    def history(self, job_id: str) -> list[HistoryEntry]:
+    def history(self, job_id: str) -> builtins.list[HistoryEntry]:
         """Step history items (failures, retries and takeovers always; every step if on)."""
         codec.validate_job_id(job_id)
         items = self._query_prefix(job_id, "STEP#")
@@ -421,8 +424,8 @@ class JobStore:
             for i in items
         ]
 
-    def _query_prefix(self, job_id: str, prefix: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+    def _query_prefix(self, job_id: str, prefix: str) -> builtins.list[dict[str, Any]]:
+        items: builtins.list[dict[str, Any]] = []
         kw: dict[str, Any] = {
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
             "ExpressionAttributeValues": {":pk": av(schema.job_pk(job_id)), ":p": av(prefix)},
@@ -683,7 +686,7 @@ def _job_key(job_id: str) -> dict[str, Any]:
     return {"pk": av(schema.job_pk(job_id)), "sk": av(schema.JOB_SK)}
 
 
-def _status_in(statuses: list[str]) -> str:
+def _status_in(statuses: builtins.list[str]) -> str:
     return "#status IN (" + ", ".join(f":st{i}" for i in range(len(statuses))) + ")"
 
 

@@ -54,7 +54,7 @@ class FakeLambdaContext:
         self.started_ms = self.clock.now_ms()
 
     def get_remaining_time_in_millis(self) -> int:
-        return max(0, self.started_ms + self.timeout_ms - self.clock.now_ms())
+        return max(0, int(self.started_ms + self.timeout_ms - self.clock.now_ms()))
 
 
 @dataclass
@@ -102,7 +102,9 @@ class Driver:
                 self.stats.duplicates += 1
                 self.queue.append(event)
 
-    def deliver(self, event: dict[str, Any], *, crash_at: str | None = None) -> dict[str, Any] | None:
+    def deliver(
+        self, event: dict[str, Any], *, crash_at: str | None = None
+    ) -> dict[str, Any] | None:
         """Run one event; `crash_at` (or chaos) kills it at that point. None if killed."""
         target = crash_at
         if target is None and self.p_crash and self.rng.random() < self.p_crash:

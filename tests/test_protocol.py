@@ -1,0 +1,282 @@
+"""The step protocol (issue 2): K-step jobs, duplicates, takeovers, fencing, request counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import RequestLog, drain
+
+import jobstate
+from jobstate import JobStatus, protocol
+from jobstate.testing import Crash, FakeLambdaContext
+
+pytestmark = pytest.mark.integration
+
+
+def register_counter(app: jobstate.App, calls: list[int], k: int = 5,
+                     name: str = "count") -> None:
+    @app.job(name, max_steps=100)
+    def count(ctx: jobstate.StepContext) -> Any:
+        calls.append(ctx.step)
+        n = ctx.cursor.get("n", 0)
+        ctx.tokens.setdefault("etl", f"tok-{ctx.job_id}")
+        assert ctx.tokens["etl"] == f"tok-{ctx.job_id}"  # tokens survive every step
+        if n >= k:
+            return ctx.complete({"n": n, "seen": ctx.cursor.get("seen", [])})
+        ctx.cursor["n"] = n + 1
+        ctx.cursor["seen"] = [*ctx.cursor.get("seen", []), ctx.step]
+        ctx.progress(n + 1, k, "items")
+        return None
+
+
+def test_k_step_job_finishes_with_cursor_and_tokens(app, cont, store):
+    calls: list[int] = []
+    register_counter(app, calls, k=5)
+    job_id = app.start("count", {"file": "a.csv"}, job_id="job-1")
+    reports = drain(app, cont)
+    assert [r["outcome"] for r in reports] == ["committed"] * 5 + ["completed"]
+    job = store.get(job_id, secrets=True)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.result == {"n": 5, "seen": [0, 1, 2, 3, 4]}
+    assert job.tokens == {"etl": "tok-job-1"}
+    assert job.progress == jobstate.Progress(5, 5, "items")
+    assert calls == [0, 1, 2, 3, 4, 5]
+    assert job.invocations == 6
+
+
+def test_duplicate_delivery_before_during_after(app, cont, store):
+    calls: list[int] = []
+    register_counter(app, calls, k=3)
+    app.start("count", None, job_id="dup")
+    first = cont.pop_all()[0]
+    # during: another delivery arrives while step 0 runs
+    nested: list[dict[str, Any]] = []
+
+    @app.job("probe")
+    def probe(ctx: jobstate.StepContext) -> Any:
+        return None
+
+    original = app.specs["count"].fn
+
+    def during(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0 and not nested:
+            nested.append(app.handler(first))
+        return original(ctx)
+
+    app.specs["count"] = app.specs["count"].__class__(
+        "count", during, app.specs["count"].limits, app.specs["count"].retry)
+    report = app.handler(first)
+    assert report["outcome"] == "committed"
+    assert nested[0]["outcome"] == "in_flight"
+    # after: the same event again, once step 0 is committed
+    again = app.handler(first)
+    assert again["outcome"] == "duplicate"
+    assert calls == [0]
+    assert len(cont.events) == 1  # only the committed step's continuation
+    # before: deliver step 1 twice in a row — the second is a duplicate
+    nxt = cont.pop_all()[0]
+    assert app.handler(nxt)["outcome"] == "committed"
+    assert app.handler(nxt)["outcome"] == "duplicate"
+    assert calls == [0, 1]
+    drain(app, cont)
+    assert store.get("dup").status is JobStatus.SUCCEEDED
+    assert calls == [0, 1, 2, 3]
+
+
+def test_dead_invocation_lease_expiry_takeover_and_fencing(app, cont, store, clock):
+    calls: list[tuple[int, dict[str, Any]]] = []
+
+    @app.job("scan", max_steps=50)
+    def scan(ctx: jobstate.StepContext) -> Any:
+        calls.append((ctx.step, dict(ctx.cursor)))
+        off = ctx.cursor.get("offset", 0)
+        if off >= 30:
+            return ctx.complete(off)
+        ctx.cursor["offset"] = off + 5
+        ctx.checkpoint()
+        if ctx.step == 0 and len(calls) == 1:
+            raise Crash("container died after its checkpoint")
+        ctx.cursor["offset"] = off + 10
+        return None
+
+    app.start("scan", None, job_id="scan-1")
+    event = cont.pop_all()[0]
+    ctx = FakeLambdaContext(clock, timeout_ms=30_000)
+    with pytest.raises(Crash):
+        app.handler(event, ctx)
+    # A duplicate delivery while the dead owner's lease is live: no-op.
+    assert app.handler(event, FakeLambdaContext(clock))["outcome"] == "in_flight"
+    job = store.get("scan-1")
+    assert job.lease_owner is not None and job.cursor == {"offset": 5}
+    # Only after the lease (hard deadline + grace) expires can someone take over.
+    clock.advance(30 + app.lease_grace_ms / 1000 + 0.001)
+    report = app.handler(event, FakeLambdaContext(clock))
+    assert report["outcome"] == "committed"
+    assert calls[1] == (0, {"offset": 5})  # resumed from the last checkpoint
+    assert store.get("scan-1").takeovers == 1
+    events = [h.event for h in store.history("scan-1")]
+    assert "takeover" in events
+    drain(app, cont)
+    assert store.get("scan-1").status is JobStatus.SUCCEEDED
+
+
+def test_dead_owner_late_commit_is_fenced(store, clock):
+    job, _ = store.create("t", {"x": 1}, job_id="fence")
+    a = protocol.claim(store, "fence", 0, request_id="A", lease_until_ms=clock.now_ms() + 1000)
+    assert a.lease is not None
+    clock.advance(2)
+    b = protocol.claim(store, "fence", 0, request_id="B", lease_until_ms=clock.now_ms() + 10_000)
+    assert b.outcome is jobstate.ClaimOutcome.TAKEOVER and b.lease is not None
+    state = protocol.State.encode(store, {"from": "A"}, {}, {})
+    with pytest.raises(jobstate.LeaseLost) as err:
+        protocol.commit(store, a.lease, state)
+    assert "no longer held" in str(err.value)
+    with pytest.raises(jobstate.LeaseLost):
+        protocol.checkpoint(store, a.lease, state)
+    protocol.commit(store, b.lease, protocol.State.encode(store, {"from": "B"}, {}, {}))
+    view = store.get("fence")
+    assert view.step == 1 and view.cursor == {"from": "B"}
+
+
+def test_late_commit_sends_no_continuation(app, cont, store, clock):
+    nested: list[bool] = []
+
+    @app.job("slow")
+    def slow(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0 and not nested:
+            nested.append(True)
+            # This invocation overruns: its lease expires and a retry takes the step.
+            clock.advance(120)
+            other = app.handler(jobstate.step_event(ctx.job_id, 0, "slow"),
+                                FakeLambdaContext(clock))
+            assert other["outcome"] in ("committed", "takeover")
+        ctx.cursor["again"] = True
+        return ctx.complete("ok") if ctx.step >= 1 else None
+
+    app.start("slow", None, job_id="late")
+    ev = cont.pop_all()[0]
+    report = app.handler(ev, FakeLambdaContext(clock, timeout_ms=10_000))
+    assert report["outcome"] == "lease_lost"
+    # Exactly one continuation for step 1 exists: the winner's.
+    assert [e["jobstate"]["step"] for e in cont.events] == [1]
+
+
+def test_commit_then_crash_before_invoke_leaves_job_due(app, cont, store, clock, driver):
+    calls: list[int] = []
+    register_counter(app, calls, k=2)
+    app.start("count", None, job_id="lost")
+    d = driver()
+    d.deliver(cont.pop_all()[0], crash_at="after_commit")
+    assert cont.events == []
+    job = store.get("lost")
+    assert job.step == 1 and job.lease_owner is None
+    assert job.due_at is not None and job.due_at <= clock.now_ms() + store.dispatch_timeout_ms
+    clock.advance(store.dispatch_timeout_ms / 1000 + 1)
+    report = jobstate.sweep(store, cont)
+    assert report.lost_continuations == 1 and report.dispatched == 1
+    drain(app, cont)
+    assert store.get("lost").status is JobStatus.SUCCEEDED
+    assert calls == [0, 1, 2]
+
+
+def test_happy_path_costs_two_writes_zero_reads(app, cont, store, requests_log):
+    calls: list[int] = []
+    register_counter(app, calls, k=6)
+    app.start("count", None, job_id="cost")
+    drain_one = cont.pop_all()[0]
+    requests_log.reset()
+    app.handler(drain_one)  # a cold container also reads the pause control item once
+    assert requests_log.writes == 2 and requests_log.reads == 1
+    per_step = []
+    for _ in range(5):
+        requests_log.reset()
+        (event,) = cont.pop_all()
+        report = app.handler(event)
+        per_step.append((report["outcome"], requests_log.writes, requests_log.reads))
+    assert per_step[:-1] == [("committed", 2, 0)] * 4
+    assert per_step[-1] == ("committed", 2, 0)
+
+
+def test_create_is_idempotent_and_detects_conflicts(app, store):
+    @app.job("c")
+    def c(ctx: jobstate.StepContext) -> Any:
+        return None
+
+    a, created = store.create("c", {"k": 1, "b": [1, 2]}, job_id="same")
+    b, created2 = store.create("c", {"b": [1, 2], "k": 1}, job_id="same")
+    assert created and not created2 and a.job_id == b.job_id
+    with pytest.raises(jobstate.JobConflict) as err:
+        store.create("c", {"k": 2}, job_id="same")
+    assert "different type or input" in str(err.value)
+    with pytest.raises(jobstate.JobConflict):
+        store.create("other", {"k": 1, "b": [1, 2]}, job_id="same")
+
+
+def test_runaway_guards(app, cont, store, clock):
+    @app.job("forever", max_steps=4)
+    def forever(ctx: jobstate.StepContext) -> Any:
+        ctx.cursor["n"] = ctx.step
+        return None
+
+    app.start("forever", None, job_id="runaway")
+    drain(app, cont)
+    job = store.get("runaway")
+    assert job.status is JobStatus.FAILED and "max_steps=4" in (job.error or "")
+
+    @app.job("late", deadline=60)
+    def late(ctx: jobstate.StepContext) -> Any:
+        clock.advance(45)
+        return None
+
+    app.start("late", None, job_id="deadline")
+    drain(app, cont)
+    job = store.get("deadline")
+    assert job.status is JobStatus.FAILED and "deadline" in (job.error or "")
+
+
+def test_cancel_stops_the_chain(app, cont, store):
+    calls: list[int] = []
+    register_counter(app, calls, k=10)
+    app.start("count", None, job_id="stop")
+    app.handler(cont.pop_all()[0])
+    store.cancel("stop")
+    report = app.handler(cont.pop_all()[0])
+    assert report["outcome"] == "finished" and report["status"] == "CANCELLED"
+    assert cont.events == [] and calls == [0]
+    assert store.cancel("stop").status is JobStatus.CANCELLED  # idempotent
+
+
+def test_cancel_while_running_fences_the_commit(app, cont, store):
+    @app.job("cancelme")
+    def cancelme(ctx: jobstate.StepContext) -> Any:
+        store.cancel(ctx.job_id)
+        return None
+
+    app.start("cancelme", None, job_id="cx")
+    report = app.handler(cont.pop_all()[0])
+    assert report["outcome"] == "cancelled"
+    assert cont.events == []
+    assert store.get("cx").status is JobStatus.CANCELLED
+
+
+def test_step_failure_retries_then_fails(app, cont, store, clock):
+    @app.job("flaky", retry=jobstate.RetryPolicy(max_attempts=2,
+                                                  wait=__import__("tenacity").wait_fixed(600)))
+    def flaky(ctx: jobstate.StepContext) -> Any:
+        raise RuntimeError("upstream 503")
+
+    app.start("flaky", None, job_id="fl")
+    ev = cont.pop_all()[0]
+    r1 = app.handler(ev, FakeLambdaContext(clock))
+    assert r1["outcome"] == "retry_scheduled"
+    job = store.get("fl")
+    assert job.status is JobStatus.RUNNING and job.attempt == 1
+    assert job.not_before == job.due_at and job.not_before > clock.now_ms()
+    assert app.handler(ev, FakeLambdaContext(clock))["outcome"] == "not_yet"
+    clock.advance(601)
+    r2 = app.handler(ev, FakeLambdaContext(clock))
+    assert r2["outcome"] == "failed"
+    job = store.get("fl")
+    assert job.status is JobStatus.FAILED and "upstream 503" in (job.error or "")
+    assert [h.event for h in store.history("fl")] == ["retry_scheduled", "failed"]
