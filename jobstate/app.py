@@ -243,21 +243,22 @@ class App:
         if outcome == ClaimOutcome.TAKEOVER:
             protocol.record_history(self.store, lease, "takeover")
             self._emit(StepReport(job.job_id, lease.step, "takeover"), job.job_type)
-        guard = self._guard(job, lease)
-        if guard is not None:
-            state = State.encode(self.store, job.cursor, job.tokens, job.progress.to_dict())
-            protocol.finish(self.store, lease, state, JobStatus.FAILED, error=guard)
-            return self._done(lease, "failed", guard, JobStatus.FAILED), None
-        budget = TimeBudget(lambda: deadline_ms - self.clock.now_ms(), self.clock.now_ms,
-                            reserve_ms=self.reserve_ms)
         from .fanout import before_step
 
-        verdict = before_step(self.store, lease)
+        verdict = self._guard(job, lease) or before_step(self.store, lease)
         if verdict is not None:
+            # Runaway guard or a failed child: fail the job (joining its parent, if any).
             state = State.encode(self.store, job.cursor, job.tokens, job.progress.to_dict())
-            protocol.finish(self.store, lease, state, JobStatus.FAILED, error=verdict)
+            try:
+                protocol.finish(self.store, lease, state, JobStatus.FAILED, error=verdict,
+                                extra_actions=self._join_actions(lease, "FAILED", None,
+                                                                 verdict))
+            except LeaseLost as exc:
+                return self._done(lease, "lease_lost", str(exc), None), None
             self._after_terminal(lease, context)
             return self._done(lease, "failed", verdict, JobStatus.FAILED), None
+        budget = TimeBudget(lambda: deadline_ms - self.clock.now_ms(), self.clock.now_ms,
+                            reserve_ms=self.reserve_ms)
         ctx = StepContext(self.store, lease, budget, lambda_context=context, specs=self.specs)
         self._emit(StepReport(job.job_id, lease.step, "claimed"), job.job_type)
         try:
@@ -287,7 +288,7 @@ class App:
             result_json = None
             if isinstance(returned, Completed):
                 result_json = codec.dumps(returned.result, "result")
-                state.check(result=result_json)
+                state.check(input_json=ctx._input_json, result=result_json)
         except (JobStateError, TypeError) as exc:
             return self._failed(spec, lease, ctx, exc)
         faults.point("before_commit", job_id=lease.job_id, step=lease.step)

@@ -91,6 +91,7 @@ class StepContext:
         self.step: int = lease.step
         self.attempt: int = job.attempt + 1
         self.input: Any = job.input
+        self._input_json: str | None = None
         self.cursor: dict[str, Any] = dict(job.cursor)
         self.tokens: dict[str, Any] = dict(job.tokens)
         self._progress = job.progress
@@ -144,7 +145,9 @@ class StepContext:
 
     def encoded_state(self) -> State:
         state = State.encode(self._store, self.cursor, self.tokens, self._progress.to_dict())
-        state.check()
+        if self._input_json is None:
+            self._input_json = codec.dumps(self.input, "input")
+        state.check(input_json=self._input_json)
         return state
 
     def checkpoint(self) -> None:

@@ -211,7 +211,11 @@ def commit_spawn(store: JobStore, lease: Lease, state: State,
 def join_actions(store: JobStore, lease: Lease, status: str, result_json: str | None,
                  error: str | None) -> list[dict[str, Any]] | None:
     """Transaction actions that join a finishing child to its parent (None: no parent)."""
-    job = lease.job
+    return join_actions_for(store, lease.job, status, result_json, error)
+
+
+def join_actions_for(store: JobStore, job: JobView, status: str, result_json: str | None,
+                     error: str | None) -> list[dict[str, Any]] | None:
     if not job.parent_id:
         return None
     now = store.clock.now_ms()
@@ -249,9 +253,12 @@ def join_actions(store: JobStore, lease: Lease, status: str, result_json: str | 
 
 def after_join(store: JobStore, lease: Lease) -> list[dict[str, Any]]:
     """Events to send after a child's terminal commit: the released child, the parent."""
+    return after_join_for(store, lease.job)
+
+
+def after_join_for(store: JobStore, job: JobView) -> list[dict[str, Any]]:
     from .app import step_event
 
-    job = lease.job
     if not job.parent_id:
         return []
     events = []

@@ -308,15 +308,16 @@ def commit(
     """
     now = store.clock.now_ms()
     nxt = lease.step + 1
-    due = max(wait_until_ms or 0, now + store.dispatch_timeout_ms) if wait_until_ms else (
-        now + store.dispatch_timeout_ms)
+    # Waiting: due when the wait ends. Otherwise due if the continuation is not claimed
+    # within dispatch_timeout (it was lost): the sweeper re-sends it then.
+    due = wait_until_ms if wait_until_ms is not None else now + store.dispatch_timeout_ms
     upd = (
         _fenced(lease, now)
         .set("cursor", state.cursor)
         .set("tokens", state.tokens)
         .set("progress", state.progress)
         .set("attempt", 0)
-        .set("due_at", wait_until_ms if wait_until_ms else due)
+        .set("due_at", due)
         .set("dk", schema.due_hash(lease.job_id))
         .remove("lease_owner", "lease_expires_at")
         .add("run_ms", max(0, now - lease.claimed_at))

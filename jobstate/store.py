@@ -21,7 +21,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import codec, schema
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import Cipher
-from .dynamo import CONDITION_FAILED, NOT_FOUND, Update, av, error_code, is_transient, old_item
+from .dynamo import (
+    CONDITION_FAILED,
+    NOT_FOUND,
+    TRANSACTION_CANCELLED,
+    Update,
+    av,
+    error_code,
+    is_transient,
+    old_item,
+)
 from .errors import (
     InvalidInput,
     JobConflict,
@@ -566,6 +575,8 @@ class JobStore:
         )
         for i, s in enumerate(RUNNABLE):
             upd.values[f":st{i}"] = av(s.value)
+        if "parent_id" in raw:
+            return self._cancel_child(job_id, raw, upd, reason)
         try:
             resp = self.call(
                 "update_item", Key=_job_key(job_id), ReturnValues="ALL_NEW",
@@ -574,17 +585,45 @@ class JobStore:
         except ClientError as exc:
             if error_code(exc) != CONDITION_FAILED:
                 raise
-            old = old_item(exc)
-            if old is None:
-                raise JobNotFound(f"no job {job_id!r} to cancel.", job_id=job_id) from None
-            view = self.view(old, secrets=False)
-            if view.status == JobStatus.CANCELLED:
-                return view
-            raise JobFinished(
-                f"job {job_id!r} already {view.status.value}; there is nothing to cancel.",
-                job_id=job_id,
-            ) from None
+            return self._cancel_refused(job_id, old_item(exc))
         return self.view(resp["Attributes"], secrets=False)
+
+    def _cancel_child(self, job_id: str, raw: dict[str, Any], upd: Update,
+                      reason: str) -> JobView:
+        """A cancelled child still joins its parent (and releases its queued sibling) in
+        the same transaction, or the parent would wait for it forever."""
+        from .fanout import join_actions_for
+
+        joins = join_actions_for(self, self.view(raw, secrets=False), "CANCELLED", None,
+                                 reason) or []
+        action = {"Update": {"TableName": self.table_name, "Key": _job_key(job_id),
+                             **upd.kwargs(), "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+        try:
+            self.call("transact_write_items", TransactItems=[action, *joins])
+        except ClientError as exc:
+            if error_code(exc) != TRANSACTION_CANCELLED:
+                raise
+            reasons = exc.response.get("CancellationReasons", [])
+            first = reasons[0] if reasons else {}
+            if first.get("Code") not in ("None", None):
+                item: Any = first.get("Item")
+                return self._cancel_refused(job_id, dict(item) if item else None)
+            # Only the join was refused (this child joined before): cancel without it.
+            resp = self.call("update_item", Key=_job_key(job_id), ReturnValues="ALL_NEW",
+                             **upd.kwargs())
+            return self.view(resp["Attributes"], secrets=False)
+        return self.get(job_id)
+
+    def _cancel_refused(self, job_id: str, old: dict[str, Any] | None) -> JobView:
+        if old is None:
+            raise JobNotFound(f"no job {job_id!r} to cancel.", job_id=job_id)
+        view = self.view(old, secrets=False)
+        if view.status == JobStatus.CANCELLED:
+            return view
+        raise JobFinished(
+            f"job {job_id!r} already {view.status.value}; there is nothing to cancel.",
+            job_id=job_id,
+        )
 
     def resume(self, job_id: str) -> JobView:
         """Make a FAILED or CANCELLED job runnable again from its last committed step.
