@@ -1,0 +1,107 @@
+"""JobStore: table creation, configuration, listing through the sharded GSI, expiry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import drain
+
+import jobstate
+from jobstate import JobStatus
+
+pytestmark = pytest.mark.integration
+
+
+def test_create_table_is_idempotent(store):
+    assert store.create_table() is False
+    desc = store.call("describe_table")["Table"]
+    assert {g["IndexName"] for g in desc["GlobalSecondaryIndexes"]} == {"by-type", "due"}
+    assert desc.get("BillingModeSummary", {}).get("BillingMode", "PAY_PER_REQUEST") == (
+        "PAY_PER_REQUEST")
+    ttl = store.call("describe_time_to_live")["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "expires_at"
+
+
+def test_configuration_from_environment(monkeypatch):
+    monkeypatch.setenv("JOBSTATE_TABLE", "from-env")
+    monkeypatch.setenv("JOBSTATE_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    store = jobstate.JobStore()
+    assert (store.table_name, store.endpoint_url, store.region) == (
+        "from-env", "http://127.0.0.1:9", "eu-west-1")
+    explicit = jobstate.JobStore("t", endpoint_url="http://x:1", region="ap-south-1")
+    assert (explicit.table_name, explicit.endpoint_url, explicit.region) == (
+        "t", "http://x:1", "ap-south-1")
+
+
+def test_missing_table_is_a_clear_error(make_store):
+    store = make_store()
+    missing = jobstate.JobStore("no-such-table", endpoint_url=store.endpoint_url,
+                                region="us-east-1")
+    with pytest.raises(jobstate.TableNotFound) as err:
+        missing.get("j1")
+    assert "jobstate create-table" in str(err.value)
+
+
+def test_list_paginates_every_job_once_by_type_and_status(app, cont, store, clock):
+    @app.job("quick")
+    def quick(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.input)
+
+    @app.job("other")
+    def other(ctx: jobstate.StepContext) -> Any:
+        return None
+
+    done_ids = set()
+    for i in range(12):
+        clock.advance(1)
+        done_ids.add(app.start("quick", {"i": i}))
+    drain(app, cont)
+    pending_ids = {app.start("other", {"i": i}) for i in range(9)}
+    seen: list[str] = []
+    token = None
+    while True:
+        page = store.list("quick", JobStatus.SUCCEEDED, limit=5, next_token=token)
+        assert len(page.jobs) <= 5
+        seen.extend(j.job_id for j in page.jobs)
+        token = page.next_token
+        if token is None:
+            break
+    assert sorted(seen) == sorted(done_ids) and len(seen) == len(set(seen))
+    finished = [j.updated_at for j in store.list("quick", JobStatus.SUCCEEDED, limit=50).jobs]
+    assert finished == sorted(finished, reverse=True)  # newest first across shards
+    assert {j.job_id for j in store.iter_jobs("other", JobStatus.PENDING)} == pending_ids
+    assert {j.job_id for j in store.iter_jobs("other")} == pending_ids
+    everything = {j.job_id for j in store.iter_jobs()}
+    assert everything == done_ids | pending_ids
+    assert list(store.iter_jobs("quick", JobStatus.RUNNING)) == []
+    with pytest.raises(jobstate.InvalidInput):
+        store.list("quick", next_token="not-a-token")
+    with pytest.raises(ValueError):
+        store.list("quick", "NOT_A_STATUS")
+
+
+def test_expired_jobs_read_as_absent(app, cont, store, clock):
+    @app.job("short")
+    def short(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(1)
+
+    jid = app.start("short", None)
+    drain(app, cont)
+    assert store.get(jid).expires_at is not None
+    clock.advance(store.retention_s + 10)  # TTL deletion is late: the item is still there
+    with pytest.raises(jobstate.JobNotFound):
+        store.get(jid)
+
+
+def test_history_is_written_for_every_step_when_enabled(app, cont, store):
+    @app.job("audited", history=True)
+    def audited(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete("ok") if ctx.step == 2 else None
+
+    jid = app.start("audited", None)
+    drain(app, cont)
+    assert [(h.step, h.event) for h in store.history(jid)] == [(0, "committed"),
+                                                               (1, "committed")]
+    assert store.get(jid).status is JobStatus.SUCCEEDED
