@@ -23,8 +23,9 @@ The rest is left for jobstate's own attributes, so a write never fails at Dynamo
 
 REDACTED = "***redacted***"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/=+\-]{0,199}$")
-_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+# \Z, not $: `$` also matches before a trailing newline, which let "id\n" through.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/=+\-]{0,199}\Z")
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")
 
 
 def _check_json(value: Any, path: str, depth: int = 0) -> None:
@@ -65,7 +66,16 @@ def _check_json(value: Any, path: str, depth: int = 0) -> None:
 def dumps(value: Any, what: str) -> str:
     """Serialise `value` to compact JSON or raise a clear error naming `what`."""
     _check_json(value, what)
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (e.g. from a mis-decoded byte string): DynamoDB stores UTF-8.
+        raise StateNotSerializable(
+            f"{what} holds a string with a lone surrogate ({text[exc.start]!r}), which is "
+            "not valid Unicode and cannot be stored; fix the decoding that produced it."
+        ) from None
+    return text
 
 
 def loads(text: str | None, default: Any = None) -> Any:

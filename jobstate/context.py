@@ -283,13 +283,15 @@ class StepContext:
 
     def spawn_chains(self, job_type: str, *, total: int, chains: int,
                      extra: Mapping[str, Any] | None = None,
-                     max_concurrency: int | None = None) -> None:
+                     max_concurrency: int | None = None,
+                     on_child_failure: str = "fail") -> None:
         """Split [0, total) into `chains` contiguous ranges, one child job each."""
         from .fanout import chain_ranges
 
         inputs = [{"start": a, "end": b, **dict(extra or {})}
                   for a, b in chain_ranges(total, chains)]
-        self.spawn(job_type, inputs, max_concurrency=max_concurrency)
+        self.spawn(job_type, inputs, max_concurrency=max_concurrency,
+                   on_child_failure=on_child_failure)
 
     def children(self) -> list[ChildView]:
         """The children of this job that have finished, with status and result."""

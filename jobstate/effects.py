@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from . import codec, faults, schema
+from . import codec, faults, observe, schema
 from .dynamo import CONDITION_FAILED, TRANSACTION_CANCELLED, av, error_code, old_item
 from .errors import EffectOutcomeUnknown, InvalidInput, JobNotFound, LeaseLost, StateTooLarge
 from .protocol import Lease
@@ -30,7 +30,7 @@ RESULT_BUDGET_BYTES = 300 * 1024
 def validate_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidInput(f"effect key must be a non-empty string, got {key!r:.80}")
-    if len(key) > MAX_KEY_CHARS or len(key.encode("utf-8")) > 1000:
+    if len(key) > MAX_KEY_CHARS or len(key.encode("utf-8", "surrogatepass")) > 1000:
         raise InvalidInput(
             f"effect key is {len(key)} characters; keep it under {MAX_KEY_CHARS} (hash long "
             "natural keys, e.g. jobstate.stable_id(...))."
@@ -177,6 +177,7 @@ class Effects:
     def _run(self, key: str, fn: Callable[..., Any], args: Sequence[Any],
              kwargs: Mapping[str, Any], owner: str) -> Any:
         faults.point("effect_started", job_id=self.lease.job_id, key=key)
+        observe.count("Effects")
         try:
             result = fn(*args, **kwargs)
         except Exception:
@@ -275,6 +276,7 @@ class Effects:
                 self._forget(k)
                 continue
             faults.point("effect_started", job_id=self.lease.job_id, key=k)
+            observe.count("Effects")
             try:
                 value = fn(*tuple(calls[k]))
                 faults.point("effect_called", job_id=self.lease.job_id, key=k)

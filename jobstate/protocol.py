@@ -337,28 +337,43 @@ def commit(
 def finish(
     store: JobStore,
     lease: Lease,
-    state: State,
+    state: State | None,
     status: JobStatus,
     *,
     result_json: str | None = None,
     error: str | None = None,
     extra_actions: list[dict[str, Any]] | None = None,
+    advance: bool | None = None,
 ) -> None:
-    """Terminal commit: SUCCEEDED or FAILED (fenced). `extra_actions` join a transaction."""
+    """Terminal commit: SUCCEEDED or FAILED (fenced). `extra_actions` join a transaction.
+
+    `state` None keeps the stored cursor/tokens/progress (the last checkpoint): a step that
+    raised must not roll back what it checkpointed (e.g. an external job's token).
+    The step number moves to N+1 only when step N's own result is committed (SUCCEEDED,
+    or `advance=True` for `ctx.fail`): a step that failed (error, parked effect, guard)
+    did not commit, so the job stays at N and `resume` re-runs it rather than skipping it
+    with the state from before it.
+    """
     now = store.clock.now_ms()
-    upd = (
-        _fenced(lease, now)
+    upd = _fenced(lease, now)
+    if state is not None:
+        upd.set("cursor", state.cursor).set("tokens", state.tokens)
+        upd.set("progress", state.progress)
+    (
+        upd
         .set("status", status.value)
         .set("status_at", now)
-        .set("cursor", state.cursor)
-        .set("tokens", state.tokens)
-        .set("progress", state.progress)
         .set("ls", schema.list_range(lease.job_type, status.value, now))
         .set("expires_at", now // 1000 + store.retention_s)
         .remove("lease_owner", "lease_expires_at", "due_at", "dk", "not_before")
         .add("run_ms", max(0, now - lease.claimed_at))
     )
-    upd.sets.append(f"#step = {upd.value('next', lease.step + 1)}")
+    if lease.takeover:
+        upd.add("takeovers", 1)
+    if advance is None:
+        advance = status == JobStatus.SUCCEEDED
+    if advance:
+        upd.sets.append(f"#step = {upd.value('next', lease.step + 1)}")
     if result_json is not None:
         upd.set("result", result_json)
     if error is not None:
@@ -378,7 +393,8 @@ def finish(
         if len(reasons) > 1 and reasons[1] in (CANCELLED_BY_CONDITION, CONDITION_FAILED):
             # This child joined its parent before (it was resumed and finished again):
             # finish it without counting it twice.
-            finish(store, lease, state, status, result_json=result_json, error=error)
+            finish(store, lease, state, status, result_json=result_json, error=error,
+                   advance=advance)
             return
         raise
 

@@ -35,7 +35,7 @@ DUE_INDEX = "due"
 LIST_SHARDS = 8
 DUE_SHARDS = 8
 DUE_INCLUDED = ["job_type", "status", "step", "lease_expires_at", "deadline_at", "pending",
-                "parent_type"]
+                "parent_type", "wait_reason"]
 
 
 def job_pk(job_id: str) -> str:

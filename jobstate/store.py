@@ -469,6 +469,12 @@ class JobStore:
             job_id = f"{job_type}-{uuid.uuid4().hex}"
         codec.validate_job_id(job_id)
         input_json = codec.dumps(input, "input")
+        if cursor is not None and not isinstance(cursor, dict):
+            # A list/str cursor would be stored, then break every claim (ctx.cursor is a dict).
+            raise codec.StateNotSerializable(
+                f"cursor must be a dict, got {type(cursor).__name__}; store positions as "
+                "e.g. {'offset': 1200}."
+            )
         cursor_json = codec.dumps(cursor or {}, "cursor")
         codec.check_budget({"input": input_json, "cursor": cursor_json})
         now = self.clock.now_ms()

@@ -124,6 +124,8 @@ def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], n
         kind = "expired_leases"
     elif status == JobStatus.WAITING.value:
         kind = "waits_over"
+    elif item.get("wait_reason", {}).get("S") == "retry":
+        kind = "retries_due"
     elif status == JobStatus.PENDING.value:
         kind = "not_started"
     else:

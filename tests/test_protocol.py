@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import RequestLog, drain
+from conftest import drain
 
 import jobstate
 from jobstate import JobStatus, protocol
@@ -122,7 +122,7 @@ def test_dead_invocation_lease_expiry_takeover_and_fencing(app, cont, store, clo
 
 
 def test_dead_owner_late_commit_is_fenced(store, clock):
-    job, _ = store.create("t", {"x": 1}, job_id="fence")
+    store.create("t", {"x": 1}, job_id="fence")
     a = protocol.claim(store, "fence", 0, request_id="A", lease_until_ms=clock.now_ms() + 1000)
     assert a.lease is not None
     clock.advance(2)
