@@ -1,0 +1,238 @@
+"""The `jobstate` CLI (issue 5) through its real entry point: click's runner on the same
+command object the console script runs, and a few runs of the installed script itself.
+DynamoDB is a moto server on a real port; `run` uses the local runtime's workers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import MotoServer
+from click.testing import CliRunner, Result
+
+import jobstate
+from jobstate.cli import cli
+from jobstate.testing import Crash
+
+# The app `jobstate run test_cli:app ...` imports in its workers.
+app = jobstate.App(store=jobstate.JobStore(), lease_grace_s=0.3, reserve_ms=300)
+
+
+@app.job("count", max_steps=100)
+def count(ctx: jobstate.StepContext) -> Any:
+    n = ctx.cursor.get("n", 0)
+    ctx.tokens["api_key"] = "hunter2"
+    if n >= ctx.input["n"]:
+        return ctx.complete({"n": n})
+    ctx.cursor["n"] = n + 1
+    ctx.progress(n + 1, ctx.input["n"], "items")
+    return None
+
+
+def _die_in_effect() -> None:
+    raise Crash("killed inside the effect")
+
+
+@app.job("effectful", max_steps=10)
+def effectful(ctx: jobstate.StepContext) -> Any:
+    ctx.once("send", _die_in_effect)
+    return ctx.complete()
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with MotoServer() as server:
+        yield server.endpoint_url
+
+
+@pytest.fixture(scope="module")
+def table(url: str) -> str:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    r = CliRunner().invoke(cli, ["create-table", "--endpoint-url", url, "--table", name])
+    assert r.exit_code == 0 and f"created {name}" in r.stdout
+    return name
+
+
+@pytest.fixture(scope="module")
+def jobs(url: str, table: str) -> dict[str, str]:
+    """Jobs in known states, made in-process on the same table."""
+    store = jobstate.JobStore(table, endpoint_url=url)
+    cont = jobstate.InMemoryContinuation()
+    local = jobstate.App(store, cont)
+    local.specs.update(app.specs)
+    done = local.start("count", {"n": 3}, job_id="done-1")
+    while cont.events:
+        for event in cont.pop_all():
+            local.handler(event)
+    running = local.start("count", {"n": 3}, job_id="running-1")
+    cont.pop_all()
+    parked = {}
+    for jid in ("fx-1", "fx-2"):
+        local.start("effectful", None, job_id=jid)
+        for event in cont.pop_all():
+            with pytest.raises(Crash):
+                local.handler(event)  # the "container" died inside the effect
+        parked[jid] = jid
+    return {"done": done, "running": running, **parked}
+
+
+def run(url: str, table: str, *args: str) -> Result:
+    return CliRunner().invoke(cli, [*args, "--endpoint-url", url, "--table", table])
+
+
+def one_error_line(r: Result, code: int = 1) -> str:
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr
+    if code == 1:
+        assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[-1]
+
+
+def test_create_table_is_idempotent_and_json(url, table):
+    r = run(url, table, "create-table", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"table": table, "created": False}
+
+
+def test_status_redacts_tokens(url, table, jobs):
+    r = run(url, table, "status", jobs["done"], "--json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["status"] == "SUCCEEDED" and data["result"] == {"n": 3}
+    assert data["tokens"] == {"api_key": "***redacted***"}
+    human = run(url, table, "status", jobs["done"])
+    assert human.exit_code == 0 and "SUCCEEDED" in human.stdout
+    assert "hunter2" not in human.stdout + r.stdout
+
+
+def test_list_filters_and_json(url, table, jobs):
+    r = run(url, table, "list", "--type", "count", "--json")
+    ids = {j["job_id"] for j in json.loads(r.stdout)["jobs"]}
+    assert {jobs["done"], jobs["running"]} <= ids
+    r = run(url, table, "list", "--type", "count", "--status", "succeeded", "--json")
+    assert [j["job_id"] for j in json.loads(r.stdout)["jobs"]] == [jobs["done"]]
+    r = run(url, table, "list", "--limit", "5")
+    assert r.exit_code == 0 and jobs["done"] in r.stdout and "hunter2" not in r.stdout
+
+
+def test_watch_history_of_a_finished_job(url, table, jobs):
+    r = run(url, table, "watch", jobs["done"], "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "SUCCEEDED"
+    r = run(url, table, "watch", jobs["running"], "--timeout", "0.3", "--interval", "0.1")
+    assert "still PENDING" in one_error_line(r)
+    r = run(url, table, "history", jobs["fx-1"], "--json")
+    assert r.exit_code == 0 and isinstance(json.loads(r.stdout), list)
+    assert run(url, table, "history", jobs["done"]).exit_code == 0
+
+
+def test_effects_list_done_retry(url, table, jobs):
+    r = run(url, table, "effect", "list", jobs["fx-1"], "--json")
+    assert [(e["key"], e["state"]) for e in json.loads(r.stdout)] == [("send", "STARTED")]
+    r = run(url, table, "effect", "done", jobs["fx-1"], "send", "--result", '{"id": 7}')
+    assert r.exit_code == 0 and "DONE" in r.stdout
+    r = run(url, table, "effect", "list", jobs["fx-1"], "--json")
+    assert json.loads(r.stdout)[0] | {"owner": None} == {
+        "key": "send", "state": "DONE", "step": 0, "owner": None, "runs": 1, "result": {"id": 7}}
+    assert "is not STARTED" in one_error_line(run(url, table, "effect", "retry",
+                                                  jobs["fx-1"], "send"))
+    r = run(url, table, "effect", "retry", jobs["fx-2"], "send", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["key"] == "send"
+    assert json.loads(run(url, table, "effect", "list", jobs["fx-2"], "--json").stdout) == []
+    r = run(url, table, "effect", "done", jobs["fx-2"], "send", "--result", "{nope")
+    assert "--result is not valid JSON" in one_error_line(r, 2)
+
+
+def test_cancel_resume_pause(url, table, jobs):
+    r = run(url, table, "cancel", jobs["running"], "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"job_id": jobs["running"],
+                                                         "cancelled": 1}
+    assert run(url, table, "cancel", jobs["running"]).exit_code == 0  # already: a no-op
+    assert "already SUCCEEDED" in one_error_line(run(url, table, "cancel", jobs["done"]))
+    r = run(url, table, "resume", jobs["running"])  # a job id: resumes the job
+    assert r.exit_code == 0 and "sweeper" in r.stdout
+    store = jobstate.JobStore(table, endpoint_url=url)
+    assert store.get(jobs["running"]).status is jobstate.JobStatus.RUNNING
+    run(url, table, "cancel", jobs["running"])
+    r = run(url, table, "resume-job", jobs["running"], "--json")
+    assert json.loads(r.stdout)["job"]["status"] == "RUNNING"
+    assert "succeeded" in one_error_line(run(url, table, "resume-job", jobs["done"]))
+
+    assert run(url, table, "pause", "count").exit_code == 0
+    assert store.is_paused("count", fresh=True)
+    r = run(url, table, "resume", "count", "--json")  # not a job id: the type
+    assert json.loads(r.stdout) == {"job_type": "count", "paused": False}
+    assert not store.is_paused("count", fresh=True)
+
+
+def test_sweep(url, table, jobs):
+    r = run(url, table, "sweep")
+    assert "--function" in one_error_line(r, 2)
+    r = run(url, table, "sweep", "--function", "no-such-fn", "--lambda-endpoint-url", url,
+            "--json", "--limit", "50")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["scanned"] >= 0 and "dispatch_errors" in report
+
+
+def test_errors_are_one_line(url, table):
+    r = CliRunner().invoke(cli, ["status", "x", "--endpoint-url", url, "--table", "nope"])
+    line = one_error_line(r)
+    assert line.startswith("error: table 'nope' does not exist") and "jobstate create-table" \
+        in line
+    assert "no job 'ghost'" in one_error_line(run(url, table, "status", "ghost"))
+    assert "job id" in one_error_line(run(url, table, "status", "bad id"))
+    for args in (["status"], ["list", "--status", "BOGUS"], ["list", "--limit", "0"],
+                 ["frobnicate"], ["run", "no_colon", "count"],
+                 ["run", "test_cli:app", "count", "--input", "{bad"]):
+        r = run(url, table, *args)
+        assert r.exit_code == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+    r = CliRunner().invoke(cli, ["--debug", "status", "bad id", "--endpoint-url", url,
+                                 "--table", table])
+    assert r.exit_code == 1 and isinstance(r.exception, jobstate.InvalidInput)
+
+
+def test_run_a_job_on_the_local_runtime_with_chaos(url, table):
+    r = run(url, table, "run", "test_cli:app", "count", "--input", '{"n": 6}', "--json",
+            "--chaos", "duplicate=0.5,throttle_invoke=0.3", "--seed", "3",
+            "--timeout-ms", "2000", "--concurrency", "2",
+            # Chaos is seeded per (job id, step): a fixed id makes the faults reproducible.
+            "--job-id", "cli-chaos-1")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["ok"] and data["job"]["status"] == "SUCCEEDED"
+    assert data["job"]["tokens"] == {"api_key": "***redacted***"}
+    assert data["stats"]["total"]["steps"] == 7
+    assert data["stats"]["total"]["duplicates_delivered"] > 0
+    status = json.loads(run(url, table, "status", data["job"]["job_id"], "--json").stdout)
+    assert status["status"] == "SUCCEEDED"  # the same table: `run` used --endpoint-url
+
+    r = run(url, table, "run", "test_cli:nothing", "count")
+    assert "could not load app 'test_cli:nothing'" in one_error_line(r)
+    r = run(url, table, "run", "test_cli:app", "nope", "--input", "{}")
+    assert "no job type 'nope'" in one_error_line(r)
+
+
+def _script() -> str:
+    path = shutil.which("jobstate") or str(Path(sys.executable).parent / "jobstate")
+    assert Path(path).exists(), "the jobstate console script is not installed"
+    return path
+
+
+def test_installed_script(url, tmp_path):
+    # No AWS settings at all: a local endpoint still works (dummy credentials).
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    p = subprocess.run([_script(), "--version"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert p.returncode == 0 and jobstate.__version__ in p.stdout
+    p = subprocess.run([_script(), "list", "--endpoint-url", url, "--table", "missing"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "jobstate create-table" in p.stderr
