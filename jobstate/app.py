@@ -86,6 +86,8 @@ class App:
         lease_grace_s: float = 5.0,
         default_timeout_ms: int = DEFAULT_TIMEOUT_MS,
         reserve_ms: int = 1_500,
+        logger: Any = None,
+        emf: bool | None = None,
     ) -> None:
         self.store = store or JobStore(clock=clock)
         if clock is not None:
@@ -96,6 +98,10 @@ class App:
         self.reserve_ms = reserve_ms
         self.specs: dict[str, JobSpec] = {}
         self.hooks: list[Callable[[str, dict[str, Any]], None]] = []
+        # Log lines go to `logger` (stdlib or Powertools Logger; default the `jobstate`
+        # logger); EMF metrics print when `emf` is true (None: only inside Lambda).
+        self.logger = logger
+        self.emf = emf
 
     @property
     def clock(self) -> Clock:
@@ -177,6 +183,10 @@ class App:
 
     def handler(self, event: Any, context: Any = None) -> dict[str, Any]:
         """Lambda handler: runs one step, or starts a job from a start request."""
+        with observe.invocation(context, logger=self.logger, emf=self.emf) as inv:
+            return self._handle(event, context, inv)
+
+    def _handle(self, event: Any, context: Any, inv: observe.Invocation) -> dict[str, Any]:
         body = _parse_event(event)
         if "start" in body:
             req = body["start"]
@@ -188,7 +198,10 @@ class App:
             jid = self.start(req["job_type"], req.get("input"), job_id=req.get("job_id"),
                              context=context)
             return {"job_id": jid, "outcome": "started"}
-        return self.run_step(body, context).to_dict()
+        report = self.run_step(body, context)
+        if "duration_ms" in report.extra:
+            inv.metrics.add(observe.STEP_DURATION, report.extra["duration_ms"])
+        return report.to_dict()
 
     def run_step(self, body: Mapping[str, Any], context: Any = None) -> StepReport:
         job_id = codec.validate_job_id(body["job_id"])
@@ -302,13 +315,14 @@ class App:
                 return self._done(lease, "completed", "", JobStatus.SUCCEEDED), None
             if isinstance(returned, Failed):
                 protocol.finish(self.store, lease, state, JobStatus.FAILED,
-                                error=returned.reason,
+                                error=returned.reason, advance=True,
                                 extra_actions=self._join_actions(lease, "FAILED", None,
                                                                  returned.reason))
                 self._after_terminal(lease, context)
                 return self._done(lease, "failed", returned.reason, JobStatus.FAILED), None
             if isinstance(returned, Spawned):
                 nxt, ready = commit_spawn(self.store, lease, state, returned)
+                faults.point("after_commit", job_id=lease.job_id, step=lease.step)
                 self._dispatch_many(returned.start_events, context)
                 if ready:
                     self._dispatch(step_event(lease.job_id, nxt, lease.job_type), context)
@@ -343,9 +357,8 @@ class App:
                 message = f"step {lease.step} failed {attempt} times; last error {message}"
         try:
             if retry_in is None:
-                protocol.finish(self.store, lease, State.encode(
-                    self.store, lease.job.cursor, lease.job.tokens,
-                    lease.job.progress.to_dict()), JobStatus.FAILED, error=message,
+                # state None: keep the last checkpoint, not the claim's copy.
+                protocol.finish(self.store, lease, None, JobStatus.FAILED, error=message,
                     extra_actions=self._join_actions(lease, "FAILED", None, message))
                 self._after_terminal(lease, None)
                 report = self._done(lease, "failed", message, JobStatus.FAILED)
@@ -422,7 +435,9 @@ def _parse_event(event: Any) -> dict[str, Any]:
     expected = ("expected {'jobstate': {'job_id': str, 'step': int}} (a step) or "
                 "{'jobstate': {'start': {'job_type': str, 'input': ...}}} (a start request)")
     if not isinstance(event, Mapping) or not isinstance(event.get(EVENT_KEY), Mapping):
-        keys = sorted(event)[:5] if isinstance(event, Mapping) else type(event).__name__
+        # key=repr: a caller's mapping may mix key types (None, int, str).
+        keys = sorted(event, key=repr)[:5] if isinstance(event, Mapping) else (
+            type(event).__name__)
         raise InvalidEvent(f"not a jobstate event (got {keys}); {expected}.")
     body = dict(event[EVENT_KEY])
     if "start" in body:
