@@ -1,0 +1,496 @@
+"""Effects (`ctx.once`, `ctx.once_batch`) and tokens (issue 3, items 1 and 2).
+
+Crash points are named places in the runtime (`jobstate.faults`); a hook raising
+`testing.Crash` (a BaseException) is the process dying exactly there: nothing after it
+runs, and the lease it held lives on until it expires.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import RequestLog, drain
+
+import jobstate
+from jobstate import JobStatus, Semantics, faults
+from jobstate.testing import Crash, Driver, FakeLambdaContext
+
+pytestmark = pytest.mark.integration
+
+KEY = "email:user-1"
+
+
+class Mailer:
+    """A fake external system that remembers what it did (so it can be asked later)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.reconciled: list[str] = []
+
+    def send(self, to: str) -> dict[str, Any]:
+        self.sent.append(to)
+        return {"msg_id": f"m-{to}-{len(self.sent)}"}
+
+    def find(self, to: str) -> Any:
+        """reconcile: the result if the mail went out, else NOT_DONE."""
+        self.reconciled.append(to)
+        for i, who in enumerate(self.sent):
+            if who == to:
+                return {"msg_id": f"m-{to}-{i + 1}"}
+        return jobstate.NOT_DONE
+
+
+def register_mail(app: jobstate.App, mailer: Mailer, semantics: Semantics,
+                  reconcile: bool) -> None:
+    @app.job("mail", max_steps=20)
+    def mail(ctx: jobstate.StepContext) -> Any:
+        # Cursor-driven: step 0 sends and commits, the next step completes.
+        if "sent" not in ctx.cursor:
+            ctx.cursor["sent"] = ctx.once(KEY, mailer.send, "user-1", semantics=semantics,
+                                          reconcile=mailer.find if reconcile else None)
+            return None
+        return ctx.complete(ctx.cursor["sent"])
+
+
+def deliver_crashing(app: jobstate.App, event: dict[str, Any], clock: jobstate.ManualClock,
+                     should_crash: Callable[[str, dict[str, Any]], bool]) -> dict[str, Any] | None:
+    def hook(name: str, info: dict[str, Any]) -> None:
+        if should_crash(name, info):
+            raise Crash(name)
+
+    try:
+        with faults.installed(hook):
+            return app.handler(event, FakeLambdaContext(clock))
+    except Crash:
+        return None
+
+
+# -- crash points -------------------------------------------------------------------------
+
+CRASH_POINTS = ["effect_started", "effect_called", "before_commit", "after_commit"]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize("reconcile", [False, True])
+def test_at_least_once_runs_at_least_once_and_job_finishes(app, cont, store, clock, point,
+                                                           reconcile):
+    mailer = Mailer()
+    register_mail(app, mailer, Semantics.AT_LEAST_ONCE, reconcile)
+    jid = app.start("mail", None, job_id="mail-alo")
+    d = Driver(app, cont, clock)
+    assert d.deliver(cont.pop_all()[0], crash_at=point) is None  # the container died there
+    d.run_until_done([jid])
+
+    job = store.get(jid)
+    assert job.status is JobStatus.SUCCEEDED
+    assert len(mailer.sent) >= 1
+    # Re-run only when the outcome was really unknown (the DONE record was not written).
+    expected = {"effect_started": 1, "effect_called": 2, "before_commit": 1, "after_commit": 1}
+    assert len(mailer.sent) == expected[point]
+    assert mailer.reconciled == []  # at-least-once never needs to ask
+    assert job.result == {"msg_id": f"m-user-1-{expected[point]}"}
+    assert [e["state"] for e in jobstate.list_effects(store, jid)] == ["DONE"]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_at_most_once_with_reconcile_runs_at_most_once(app, cont, store, clock, point):
+    mailer = Mailer()
+    register_mail(app, mailer, Semantics.AT_MOST_ONCE, reconcile=True)
+    jid = app.start("mail", None, job_id="mail-amo")
+    d = Driver(app, cont, clock)
+    assert d.deliver(cont.pop_all()[0], crash_at=point) is None
+    d.run_until_done([jid])
+
+    job = store.get(jid)
+    assert job.status is JobStatus.SUCCEEDED
+    assert mailer.sent == ["user-1"]  # exactly once: it was needed, and never repeated
+    assert job.result == {"msg_id": "m-user-1-1"}
+    if point in ("effect_started", "effect_called"):
+        assert mailer.reconciled == ["user-1"]  # the outcome was unknown: it asked
+    else:
+        assert mailer.reconciled == []  # DONE was recorded: the cached result sufficed
+    effects = jobstate.list_effects(store, jid)
+    assert [(e["key"], e["state"]) for e in effects] == [(KEY, "DONE")]
+
+
+@pytest.mark.parametrize("point", ["effect_started", "effect_called"])
+def test_at_most_once_without_reconcile_parks_job_then_operator_settles_it(
+        app, cont, store, clock, point):
+    mailer = Mailer()
+    register_mail(app, mailer, Semantics.AT_MOST_ONCE, reconcile=False)
+    jid = app.start("mail", None, job_id="mail-park")
+    d = Driver(app, cont, clock)
+    assert d.deliver(cont.pop_all()[0], crash_at=point) is None
+    d.run_until_done([jid])  # ends with the job parked, not looping in the sweeper
+
+    job = store.get(jid)
+    assert job.status is JobStatus.FAILED
+    sent_before = len(mailer.sent)
+    assert sent_before == (0 if point == "effect_started" else 1)
+    msg = job.error or ""
+    for needle in (KEY, jid, "jobstate effect done", "jobstate effect retry",
+                   "jobstate resume"):
+        assert needle in msg, (needle, msg)
+    assert [e["state"] for e in jobstate.list_effects(store, jid)] == ["STARTED"]
+    # Parked means parked: more sweeps dispatch nothing.
+    clock.advance(3600)
+    assert jobstate.sweep(store, cont).dispatched == 0
+    assert cont.pop_all() == []
+
+    # The operator checks the mail system, settles the effect and resumes the job.
+    if point == "effect_called":
+        jobstate.mark_effect(store, jid, KEY, done=True, result={"msg_id": "by-hand"})
+    else:
+        jobstate.mark_effect(store, jid, KEY, done=False)
+    resumed = store.resume(jid)
+    assert resumed.status is JobStatus.RUNNING
+    assert jobstate.sweep(store, cont).dispatched == 1  # due now: redispatched
+    drain(app, cont, FakeLambdaContext(clock))
+
+    job = store.get(jid)
+    assert job.status is JobStatus.SUCCEEDED
+    assert mailer.sent == ["user-1"]  # exactly once overall
+    if point == "effect_called":
+        assert job.result == {"msg_id": "by-hand"}
+    assert mailer.reconciled == []
+
+
+def test_mark_effect_refuses_an_effect_that_is_not_started(app, cont, store, clock):
+    mailer = Mailer()
+    register_mail(app, mailer, Semantics.AT_MOST_ONCE, reconcile=False)
+    jid = app.start("mail", None, job_id="mail-done")
+    drain(app, cont, FakeLambdaContext(clock))
+    with pytest.raises(jobstate.InvalidInput, match="not STARTED"):
+        jobstate.mark_effect(store, jid, KEY, done=False)
+    with pytest.raises(jobstate.JobNotFound):
+        jobstate.mark_effect(store, "no-such-job", KEY, done=True)
+
+
+def test_done_effect_returns_cached_result_without_calling_fn(app, cont, store, clock):
+    mailer = Mailer()
+    log = RequestLog(store)
+    seen: list[Any] = []
+    costs: list[tuple[int, int]] = []
+
+    @app.job("twice", max_steps=10)
+    def twice(ctx: jobstate.StepContext) -> Any:
+        log.reset()
+        seen.append(ctx.once(KEY, mailer.send, "user-1"))
+        costs.append((log.writes, log.reads))
+        if ctx.step == 0:
+            return None
+        return ctx.complete()
+
+    app.start("twice", None, job_id="cached")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert mailer.sent == ["user-1"]
+    assert seen == [{"msg_id": "m-user-1-1"}] * 2
+    # Happy path: put STARTED + update DONE, no reads. Cached: one failed conditional put.
+    assert costs == [(2, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 513, "line\nbreak", "tab\there", "nul\x00",
+                                 "\ud800", "é" * 501])
+def test_invalid_effect_keys_raise_before_anything_is_written(app, cont, store, clock, bad):
+    mailer = Mailer()
+    log = RequestLog(store)
+    caught: list[BaseException] = []
+
+    @app.job("badkey")
+    def badkey(ctx: jobstate.StepContext) -> Any:
+        log.reset()
+        with pytest.raises(jobstate.InvalidInput) as info:
+            ctx.once(bad, mailer.send, "user-1")
+        caught.append(info.value)
+        with pytest.raises(jobstate.InvalidInput):
+            ctx.once_batch({"ok": ("a",), bad: ("b",)}, mailer.send)
+        assert log.ops == []
+        return ctx.complete()
+
+    jid = app.start("badkey", None, job_id="badkey")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get(jid).status is JobStatus.SUCCEEDED
+    assert mailer.sent == []
+    assert jobstate.list_effects(store, jid) == []
+    assert "effect key" in str(caught[0])
+
+
+def test_longest_valid_key_is_accepted(app, cont, store, clock):
+    mailer = Mailer()
+
+    @app.job("longkey")
+    def longkey(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once("k" * 512, mailer.send, "u"))
+
+    jid = app.start("longkey", None, job_id="longkey")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get(jid).status is JobStatus.SUCCEEDED
+    assert mailer.sent == ["u"]
+
+
+def test_oversize_effect_result_is_a_clear_error(app, cont, store, clock):
+    calls: list[int] = []
+    errors: list[str] = []
+
+    def big() -> str:
+        calls.append(1)
+        return "x" * 350_000
+
+    @app.job("big")
+    def bigjob(ctx: jobstate.StepContext) -> Any:
+        try:
+            ctx.once("report", big)
+        except jobstate.StateTooLarge as exc:
+            errors.append(str(exc))
+        # The effect happened: it is recorded so it is not redone.
+        assert ctx.once("report", big) is None
+        return ctx.complete()
+
+    jid = app.start("big", None, job_id="big")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get(jid).status is JobStatus.SUCCEEDED
+    assert calls == [1]
+    assert len(errors) == 1
+    assert "'report'" in errors[0] and "bytes" in errors[0] and "400 KB" in errors[0]
+
+
+def test_fn_raising_forgets_the_effect_so_a_retry_runs_it(app, cont, store, clock):
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("smtp down")
+        return "sent"
+
+    @app.job("flaky", retry=jobstate.RetryPolicy(max_attempts=3,
+                                                  wait=__import__("tenacity").wait_fixed(1)))
+    def flakyjob(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once("mail", flaky))
+
+    jid = app.start("flaky", None, job_id="flaky")
+    drain(app, cont, FakeLambdaContext(clock))  # the short backoff is served in-process
+    job = store.get(jid)
+    assert job.status is JobStatus.SUCCEEDED and job.result == "sent"
+    assert len(attempts) == 2
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def test_once_batch_costs_few_round_trips_and_is_cached(app, cont, store, clock):
+    mailer = Mailer()
+    log = RequestLog(store)
+    costs: list[int] = []
+    users = {f"mail:{i}": (f"u{i}",) for i in range(25)}
+
+    @app.job("batch", max_steps=10)
+    def batch(ctx: jobstate.StepContext) -> Any:
+        log.reset()
+        out = ctx.once_batch(users, mailer.send)
+        costs.append(len(log.ops))
+        assert list(out) == list(users)
+        if ctx.step == 0:
+            return None
+        return ctx.complete(sorted(r["msg_id"] for r in out.values()))
+
+    jid = app.start("batch", None, job_id="batch")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get(jid).status is JobStatus.SUCCEEDED
+    assert sorted(mailer.sent) == sorted(f"u{i}" for i in range(25))
+    assert len(mailer.sent) == 25  # the second run called fn 0 times
+    first, second = costs
+    assert first <= 5 and first / 25 <= 0.2, log.ops
+    assert second <= 2
+
+
+@pytest.mark.parametrize("semantics", list(Semantics))
+def test_once_batch_crash_mid_batch(app, cont, store, clock, semantics):
+    mailer = Mailer()
+    users = {f"mail:{i}": (f"u{i}",) for i in range(10)}
+
+    @app.job("batch")
+    def batch(ctx: jobstate.StepContext) -> Any:
+        out = ctx.once_batch(users, mailer.send, semantics=semantics, reconcile=mailer.find)
+        return ctx.complete(len(out))
+
+    jid = app.start("batch", None, job_id="batch-crash")
+    called = [0]
+
+    def crash_on_fifth(name: str, info: dict[str, Any]) -> bool:
+        if name == "effect_called":
+            called[0] += 1
+            return called[0] == 5
+        return False
+
+    assert deliver_crashing(app, cont.pop_all()[0], clock, crash_on_fifth) is None
+    assert len(mailer.sent) == 5
+    Driver(app, cont, clock).run_until_done([jid])
+    assert store.get(jid).status is JobStatus.SUCCEEDED
+    counts = {u: mailer.sent.count(u) for (u,) in users.values()}
+    if semantics is Semantics.AT_MOST_ONCE:
+        assert set(counts.values()) == {1}
+    else:
+        assert min(counts.values()) >= 1
+    assert {e["state"] for e in jobstate.list_effects(store, jid)} == {"DONE"}
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+SECRET = "etl-run-4f1c9d-SECRET"
+
+
+def test_tokens_persisted_at_checkpoint_and_commit_before_any_continuation(
+        app, cont, store, clock):
+    seen_mid_step: list[dict[str, Any]] = []
+
+    @app.job("tok", max_steps=10)
+    def tok(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            ctx.tokens["etl"] = SECRET
+            ctx.checkpoint()
+            seen_mid_step.append(store.get(ctx.job_id, secrets=True).tokens)
+            ctx.tokens["etl2"] = "second"
+            return None
+        assert ctx.tokens == {"etl": SECRET, "etl2": "second"}
+        return ctx.complete()
+
+    jid = app.start("tok", None, job_id="tok")
+    ev = cont.pop_all()[0]
+    # Die right after the commit: nothing dispatched, yet the tokens are durable.
+    assert deliver_crashing(app, ev, clock, lambda n, i: n == "after_commit") is None
+    assert seen_mid_step == [{"etl": SECRET}]
+    assert cont.pop_all() == []
+    assert store.get(jid, secrets=True).tokens == {"etl": SECRET, "etl2": "second"}
+    Driver(app, cont, clock).run_until_done([jid])
+    assert store.get(jid).status is JobStatus.SUCCEEDED
+
+
+def test_tokens_are_redacted_everywhere_they_could_be_displayed(app, cont, store, clock):
+    reprs: list[str] = []
+
+    @app.job("tok")
+    def tok(ctx: jobstate.StepContext) -> Any:
+        ctx.tokens["etl"] = SECRET
+        reprs.append(repr(ctx))
+        reprs.append(str(ctx))
+        return ctx.complete()
+
+    jid = app.start("tok", None, job_id="tok")
+    drain(app, cont, FakeLambdaContext(clock))
+    view = store.get(jid)
+    reprs += [repr(view), str(view), str(view.to_dict()), str(view.tokens),
+              repr(store.list("tok").jobs)]
+    for text in reprs:
+        assert SECRET not in text
+    assert "etl" in reprs[0]  # keys stay visible, values do not
+    assert view.to_dict()["tokens"] == {"etl": jobstate.codec.REDACTED}
+    assert store.get(jid, secrets=True).tokens == {"etl": SECRET}
+    assert store.get(jid, secrets=True).to_dict()["tokens"] == {"etl": jobstate.codec.REDACTED}
+
+
+def _xor(text: str, key: int = 0x5A) -> bytes:
+    return bytes(b ^ key for b in text.encode())
+
+
+def make_cipher(calls: list[str] | None = None) -> jobstate.Cipher:
+    def encrypt(text: str) -> str:
+        if calls is not None:
+            calls.append("encrypt")
+        return base64.b64encode(_xor(text)).decode()
+
+    def decrypt(text: str) -> str:
+        if calls is not None:
+            calls.append("decrypt")
+        return bytes(b ^ 0x5A for b in base64.b64decode(text)).decode()
+
+    return jobstate.Cipher(encrypt, decrypt)
+
+
+def _raw_job(store: jobstate.JobStore, job_id: str) -> dict[str, Any]:
+    items = store.call("scan")["Items"]
+    [raw] = [i for i in items if i["pk"]["S"] == f"JOB#{job_id}" and i["sk"]["S"] == "JOB"]
+    return raw
+
+
+def test_cipher_makes_stored_tokens_unreadable_and_round_trips(make_store, clock):
+    calls: list[str] = []
+    store = make_store(cipher=make_cipher(calls))
+    cont = jobstate.InMemoryContinuation()
+    app = jobstate.App(store, cont)
+    seen: list[dict[str, Any]] = []
+
+    @app.job("enc", max_steps=10)
+    def enc(ctx: jobstate.StepContext) -> Any:
+        seen.append(dict(ctx.tokens))
+        if ctx.step == 0:
+            ctx.tokens["etl"] = SECRET
+            return None
+        return ctx.complete()
+
+    jid = app.start("enc", None, job_id="enc")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert seen == [{}, {"etl": SECRET}]  # decrypted for the next step
+    assert "encrypt" in calls and "decrypt" in calls
+    raw = _raw_job(store, jid)
+    stored = raw["tokens"]["S"]
+    assert SECRET not in stored and "etl" not in stored
+    assert SECRET not in str(raw)
+    assert store.get(jid, secrets=True).tokens == {"etl": SECRET}
+    assert SECRET not in repr(store.get(jid))
+
+    # The same table read without the cipher, or with the wrong one.
+    plain = jobstate.JobStore(store.table_name, endpoint_url=store.endpoint_url,
+                              region="us-east-1", clock=clock)
+    with pytest.raises(jobstate.TokensUnreadable, match="cipher"):
+        plain.get(jid, secrets=True)
+    assert SECRET not in repr(plain.get(jid))  # redacted reads still work
+
+    def bad_decrypt(text: str) -> str:
+        raise ValueError("bad key")
+
+    wrong = jobstate.JobStore(store.table_name, endpoint_url=store.endpoint_url,
+                              region="us-east-1", clock=clock,
+                              cipher=jobstate.Cipher(lambda s: s, bad_decrypt))
+    with pytest.raises(jobstate.TokensUnreadable):
+        wrong.get(jid, secrets=True)
+
+
+def test_step_claimed_with_wrong_cipher_fails_job_clearly(make_store, clock):
+    store = make_store(cipher=make_cipher())
+    cont = jobstate.InMemoryContinuation()
+    app = jobstate.App(store, cont)
+
+    @app.job("enc", max_steps=10)
+    def enc(ctx: jobstate.StepContext) -> Any:
+        if "etl" in ctx.tokens:
+            return ctx.complete(ctx.tokens["etl"] == SECRET)
+        ctx.tokens["etl"] = SECRET
+        return None
+
+    jid = app.start("enc", None, job_id="enc-wrong")
+    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    [event] = cont.pop_all()
+
+    # A deployment that lost its cipher: the step must not loop through the sweeper.
+    plain = jobstate.JobStore(store.table_name, endpoint_url=store.endpoint_url,
+                              region="us-east-1", clock=clock)
+    app2 = jobstate.App(plain, cont)
+    app2.job("enc", max_steps=10)(enc)
+    report = app2.handler(event, FakeLambdaContext(clock))
+    assert report["outcome"] in ("failed", "finished")
+    job = plain.get(jid)
+    assert job.status is JobStatus.FAILED
+    assert "cipher" in (job.error or "")
+    assert SECRET not in (job.error or "")
+    assert cont.pop_all() == []
+    # Nothing was lost: with the right cipher it is resumed and finds its tokens.
+    assert store.get(jid, secrets=True).tokens == {"etl": SECRET}
+    store.resume(jid)
+    assert jobstate.sweep(store, cont).dispatched == 1
+    drain(app, cont, FakeLambdaContext(clock))
+    job = store.get(jid)
+    assert job.status is JobStatus.SUCCEEDED and job.result is True
