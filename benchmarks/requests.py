@@ -1,0 +1,300 @@
+"""Figure 1: DynamoDB requests and consumed capacity per unit of work.
+
+Units: a happy-path step, an effect (`ctx.once`), a batched effect (`ctx.once_batch` of
+25, per effect), a child join. Three ways to do the same unit:
+
+* jobstate, through `App.handler` (claim + commit + continuation to an in-memory queue);
+* a Powertools `@idempotent` handler (DynamoDBPersistenceLayer on the same engine), which
+  guards each delivery but keeps no job state; effects use `@idempotent_function`, a join
+  is an idempotent counter decrement on the parent's item;
+* naive recursion: the cursor travels in the event, nothing is stored (0 requests, and
+  nothing is protected against duplicates).
+
+Reads per step depend on the step's length: a step re-reads the job type's pause flag
+(`TYPE#<type>/CONTROL`) when its per-container cache (`pause_cache_s`, 10 s) has expired,
+so steps that fill a Lambda timeout read it every time. Both regimes are measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import jobstate
+from jobstate.clock import ManualClock
+
+from .common import LambdaContext, new_store, powertools_layer
+from .engine import Engine, Meter, Snapshot
+
+BATCH = 25
+CHILDREN = 25
+LONG_STEP_S = 50.0  # a step that uses most of a 60 s timeout (has_time loop)
+SHORT_STEP_S = 0.05
+
+
+@dataclass
+class Unit:
+    """Average cost of one unit of work."""
+
+    requests: float
+    writes: float
+    reads: float
+    wcu: float | None
+    gsi_wcu: float | None
+    billed_wru: float | None
+    rcu: float | None
+    billed_rru: float | None
+    invokes: float
+    items_written: float | None = None
+
+    @classmethod
+    def of(cls, snaps: list[Snapshot], capacity: bool, invokes: float = 0.0,
+           per: int = 1) -> Unit:
+        n = max(1, len(snaps)) * per
+
+        def avg(f: Any) -> float:
+            return float(sum(f(s) for s in snaps)) / n
+
+        return cls(
+            requests=avg(lambda s: s.requests), writes=avg(lambda s: s.writes),
+            reads=avg(lambda s: s.reads),
+            wcu=avg(lambda s: s.wcu) if capacity else None,
+            gsi_wcu=avg(lambda s: s.gsi_wcu) if capacity else None,
+            billed_wru=avg(lambda s: s.billed_wru) if capacity else None,
+            rcu=avg(lambda s: s.rcu) if capacity else None,
+            billed_rru=avg(lambda s: s.billed_rru) if capacity else None,
+            invokes=invokes,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+NAIVE = Unit(0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+NAIVE_FX = Unit(0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
+    meter = Meter()
+    clock = ManualClock()
+    store = new_store(engine, meter, clock)
+    cont = jobstate.InMemoryContinuation()
+    app = jobstate.App(store, cont, clock=clock)
+    inner: dict[str, list[Snapshot]] = {"once": [], "batch": []}
+
+    def effect(i: int = 0) -> dict[str, int]:
+        return {"sent": i}
+
+    @app.job("bench-step", max_steps=steps + 10)
+    def bench_step(ctx: jobstate.StepContext) -> Any:
+        mode = ctx.input["mode"]
+        if ctx.step >= ctx.input["steps"]:
+            return ctx.complete({"steps": ctx.step})
+        clock.advance(ctx.input["step_s"])
+        if mode == "once":
+            before = meter.snapshot()
+            ctx.once(f"fx-{ctx.step}", effect, ctx.step)
+            inner["once"].append(meter.snapshot() - before)
+        elif mode == "batch":
+            before = meter.snapshot()
+            ctx.once_batch({f"b{ctx.step}-{i}": (i,) for i in range(BATCH)}, effect)
+            inner["batch"].append(meter.snapshot() - before)
+        ctx.cursor["done"] = ctx.step + 1
+        return None
+
+    @app.job("bench-parent")
+    def bench_parent(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            ctx.spawn("bench-child", [{"i": i} for i in range(CHILDREN)])
+        return ctx.complete({"children": len(ctx.children())})
+
+    @app.job("bench-child")
+    def bench_child(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete({"ok": True})
+
+    @app.job("bench-single")
+    def bench_single(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete({"ok": True})
+
+    def deliver(event: dict[str, Any]) -> tuple[Snapshot, int]:
+        before = meter.snapshot()
+        ctx = LambdaContext(lambda: 60_000)
+        app.handler(event, ctx)
+        return meter.snapshot() - before, len(cont.events)
+
+    def chain(mode: str, step_s: float) -> tuple[list[Snapshot], list[Snapshot], float]:
+        """Runs a job of `steps` steps; returns (step 0, middle steps, invokes per step)."""
+        app.start("bench-step", {"mode": mode, "steps": steps, "step_s": step_s})
+        first: list[Snapshot] = []
+        middle: list[Snapshot] = []
+        invokes = 0
+        while cont.events:
+            event = cont.pop_all()[0]
+            step = event["jobstate"]["step"]
+            snap, sent = deliver(event)
+            if step == 0:
+                first.append(snap)
+            elif step < steps:
+                middle.append(snap)
+                invokes += sent
+        return first, middle, invokes / max(1, len(middle))
+
+    # Fresh "container": the first step reads the pause flag (cold cache).
+    cold, long_steps, invokes = chain("plain", LONG_STEP_S)
+    _, short_steps, _ = chain("plain", SHORT_STEP_S)
+    chain("once", SHORT_STEP_S)  # fills inner["once"]
+    chain("batch", SHORT_STEP_S)  # fills inner["batch"]
+    cap = engine.capacity
+
+    # child join: a child's terminal step vs a parentless job's terminal step, with the
+    # pause flags of all three types already cached (so neither pays that read)
+    for t in ("bench-single", "bench-parent", "bench-child"):
+        store.is_paused(t)
+    app.start("bench-single", {})
+    single = [deliver(e)[0] for e in cont.pop_all()]
+    app.start("bench-parent", {})
+    parent0 = [deliver(e)[0] for e in cont.pop_all()]
+    child_snaps: list[Snapshot] = []
+    parent_resume: list[Snapshot] = []
+    while cont.events:
+        for e in cont.pop_all():
+            snap, _ = deliver(e)
+            (parent_resume if e["jobstate"]["job_id"].count(".") == 0 else child_snaps).append(
+                snap)
+    child = Unit.of(child_snaps, cap, 0.0)
+    alone = Unit.of(single, cap, 0.0)
+    join = Unit(
+        requests=child.requests - alone.requests, writes=child.writes - alone.writes,
+        reads=child.reads - alone.reads,
+        wcu=None if child.wcu is None or alone.wcu is None else child.wcu - alone.wcu,
+        gsi_wcu=None if child.gsi_wcu is None or alone.gsi_wcu is None
+        else child.gsi_wcu - alone.gsi_wcu,
+        billed_wru=None if child.billed_wru is None or alone.billed_wru is None
+        else child.billed_wru - alone.billed_wru,
+        rcu=None if child.rcu is None or alone.rcu is None else child.rcu - alone.rcu,
+        billed_rru=None if child.billed_rru is None or alone.billed_rru is None
+        else child.billed_rru - alone.billed_rru,
+        invokes=0.0,
+        items_written=sum(s.txn_items for s in child_snaps) / max(1, len(child_snaps)) - 1,
+    )
+    return {
+        "step_long": Unit.of(long_steps, cap, invokes),
+        "step_short": Unit.of(short_steps, cap, invokes),
+        "step_first_in_container": Unit.of(cold, cap),
+        "effect": Unit.of(inner["once"], cap, 0.0),
+        "batched_effect": Unit.of(inner["batch"], cap, 0.0, per=BATCH),
+        "join": join,
+        "child_terminal_step": child,
+        "parent_spawn_step": Unit.of(parent0, cap),
+        "parent_resume_step": Unit.of(parent_resume, cap),
+        "children": CHILDREN,
+    }
+
+
+def _powertools(engine: Engine, steps: int) -> dict[str, Any]:
+    from aws_lambda_powertools.utilities.idempotency import (
+        IdempotencyConfig,
+        idempotent,
+        idempotent_function,
+    )
+
+    meter = Meter()
+    layer, client = powertools_layer(engine, meter)
+    table = layer().table_name
+    config = IdempotencyConfig(event_key_jmespath="jobstate.[job_id, step]",
+                               raise_on_no_idempotency_key=True)
+    queue: list[dict[str, Any]] = []
+
+    @idempotent(persistence_store=layer(), config=config)
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        body = event["jobstate"]
+        nxt = {"jobstate": {**body, "step": body["step"] + 1}}
+        queue.append(nxt)  # the continuation: the cursor travels in the event
+        return {"next_step": body["step"] + 1}
+
+    ctx = LambdaContext(lambda: 60_000)
+    fx_config = IdempotencyConfig(event_key_jmespath="key")
+    fx_config.register_lambda_context(cast(Any, ctx))
+    join_config = IdempotencyConfig(event_key_jmespath="child")
+    join_config.register_lambda_context(cast(Any, ctx))
+
+    @idempotent_function(data_keyword_argument="call", persistence_store=layer(),
+                         config=fx_config)
+    def effect(call: dict[str, Any]) -> dict[str, Any]:
+        return {"sent": call["key"]}
+
+    @idempotent_function(data_keyword_argument="call", persistence_store=layer(),
+                         config=join_config)
+    def join(call: dict[str, Any]) -> dict[str, Any]:
+        resp = client.update_item(
+            TableName=table, Key={"id": {"S": f"parent#{call['parent']}"}},
+            UpdateExpression="ADD pending :m", ExpressionAttributeValues={":m": {"N": "-1"}},
+            ReturnValues="UPDATED_NEW")
+        return {"last": int(resp["Attributes"]["pending"]["N"]) <= 0}
+
+    cap = engine.capacity
+
+    def timed(fn: Any, *a: Any, **kw: Any) -> Snapshot:
+        before = meter.snapshot()
+        fn(*a, **kw)
+        return meter.snapshot() - before
+
+    step_snaps = [timed(handler, {"jobstate": {"job_id": "pt-job", "step": i}}, ctx)
+                  for i in range(steps)]
+    fx_snaps = [timed(effect, call={"key": f"fx-{i}"}) for i in range(steps)]
+    batch_snaps = []
+    for s in range(max(2, steps // 4)):
+        before = meter.snapshot()
+        for i in range(BATCH):
+            effect(call={"key": f"b{s}-{i}"})
+        batch_snaps.append(meter.snapshot() - before)
+    client.put_item(TableName=table, Item={"id": {"S": "parent#p"},
+                                           "pending": {"N": str(CHILDREN)}})
+    join_snaps = [timed(join, call={"parent": "p", "child": f"c{i}"})
+                  for i in range(CHILDREN)]
+    # a duplicate delivery: Powertools answers from its record (1 failed conditional put)
+    dup = timed(handler, {"jobstate": {"job_id": "pt-job", "step": 0}}, ctx)
+    return {
+        "step": Unit.of(step_snaps, cap, len(queue) / max(1, steps)),
+        "effect": Unit.of(fx_snaps, cap, 0.0),
+        "batched_effect": Unit.of(batch_snaps, cap, 0.0, per=BATCH),
+        "join": Unit.of(join_snaps, cap, 0.0),
+        "duplicate_delivery": Unit.of([dup], cap),
+    }
+
+
+def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
+    steps = 12 if quick else 40
+    js = _jobstate(engine, steps)
+    pt = _powertools(engine, steps)
+    rows = []
+    for unit, js_u, pt_u, naive in (
+        ("step (long, >= 10 s)", js["step_long"], pt["step"], NAIVE),
+        ("step (back-to-back)", js["step_short"], pt["step"], NAIVE),
+        ("effect (once)", js["effect"], pt["effect"], NAIVE_FX),
+        (f"batched effect (/{BATCH}, per effect)", js["batched_effect"], pt["batched_effect"],
+         NAIVE_FX),
+        ("child join", js["join"], pt["join"], None),
+    ):
+        for who, u in (("jobstate", js_u), ("powertools", pt_u), ("naive", naive)):
+            rows.append({"unit": unit, "who": who, **(u.to_dict() if u else {})})
+    return {"steps_measured": steps, "batch": BATCH, "children": CHILDREN,
+            "capacity_reported": engine.capacity,
+            "jobstate": {k: (v.to_dict() if isinstance(v, Unit) else v) for k, v in js.items()},
+            "powertools": {k: v.to_dict() for k, v in pt.items()},
+            "rows": rows}
+
+
+HEADERS = ["unit", "who", "requests", "writes", "reads", "WCU engine", "of which GSI",
+           "WRU billed", "RCU engine", "RRU billed", "invokes"]
+
+
+def table_rows(fig: dict[str, Any]) -> list[list[Any]]:
+    out = []
+    for r in fig["rows"]:
+        if "requests" not in r:
+            out.append([r["unit"], r["who"], *([None] * (len(HEADERS) - 2))])
+            continue
+        out.append([r["unit"], r["who"], r["requests"], r["writes"], r["reads"], r["wcu"],
+                    r["gsi_wcu"], r["billed_wru"], r["rcu"], r["billed_rru"], r["invokes"]])
+    return out
