@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import jobstate
+from jobstate import faults
 from jobstate.local import RECURSION_LIMIT, Chaos, LocalRuntime, LocalRuntimeError
 from jobstate.local.chaos import Dice
 from jobstate.local.queue import Delivery
@@ -208,3 +209,21 @@ def test_chaos_spec_and_dice_are_reproducible():
     rolls_a = [a.roll(f"dup:j:{i % 3}", 0.5) for i in range(30)]
     rolls_b = [b.roll(f"dup:j:{i % 3}", 0.5) for i in range(30)]
     assert rolls_a == rolls_b and any(rolls_a) and not all(rolls_a)
+
+
+@pytest.mark.parametrize("point", faults.POINTS)
+def test_fault_matrix_real_sigkill_at_each_crash_point(tmp_path, point):
+    # The worker SIGKILLs itself at `point` (a real process death, not an exception)
+    # while DynamoDB throttles at random: the job finishes and every effect ran once.
+    chaos = Chaos(11, crash=0.5, crash_points=(point,), throttle_dynamodb=0.1)
+    with LocalRuntime("test_local_runtime:app", timeout_ms=1_000, concurrency=2,
+                      chaos=chaos, recursive_loop="Allow", sweep_interval_s=0.2,
+                      time_scale=0.01, dispatch_timeout_s=1.0) as rt:
+        path = str(tmp_path / "fx")
+        job_id = rt.start("counted", {"path": path, "steps": 4}, job_id=f"matrix-{point}")
+        view = rt.wait([job_id], timeout_s=90)[job_id]
+        total = rt.stats_dict()["total"]
+    assert view.status is jobstate.JobStatus.SUCCEEDED, view.error
+    lines = Counter((tmp_path / "fx").read_text().splitlines())
+    assert len(lines) == 4 and set(lines.values()) == {1}
+    assert total["crashes_injected"] > 0  # every step passes every point
