@@ -227,3 +227,56 @@ def test_fault_matrix_real_sigkill_at_each_crash_point(tmp_path, point):
     lines = Counter((tmp_path / "fx").read_text().splitlines())
     assert len(lines) == 4 and set(lines.values()) == {1}
     assert total["crashes_injected"] > 0  # every step passes every point
+
+
+def _sleeping_worker() -> Any:
+    import socket
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    from jobstate.local.runtime import _Worker
+
+    mine, theirs = socket.socketpair()
+    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             stdin=subprocess.DEVNULL)
+    theirs.close()
+    return _Worker(popen, Connection(mine.detach()), 0)
+
+
+def test_a_worker_torn_down_by_several_threads_at_once_closes_its_socket_once():
+    """A slot thread killing its timed-out worker while close() kills all of them once
+    closed the same fd twice (CI: OSError EBADF from LocalRuntime.__exit__)."""
+    import threading
+
+    for _ in range(20):
+        w = _sleeping_worker()
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def tear_down(w: Any = w, barrier: threading.Barrier = barrier,
+                      errors: list[BaseException] = errors) -> None:
+            barrier.wait()
+            try:
+                w.kill()
+            except BaseException as exc:  # pragma: no cover - the regression
+                errors.append(exc)
+
+        threads = [threading.Thread(target=tear_down) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert w.popen.returncode is not None and w.conn.closed
+
+
+def test_closing_the_runtime_while_invocations_are_in_flight_is_clean():
+    for _ in range(3):
+        rt = LocalRuntime("test_local_runtime:app", concurrency=4, sweep_interval_s=0.2,
+                          recursive_loop="Allow", chaos=Chaos(seed=3, duplicate=0.5))
+        with rt:
+            rt.start("hops", {"steps": 10_000})
+            rt.start("hops", {"steps": 10_000})
+            time.sleep(1.0)
+        assert all(w is None for w in rt._workers)

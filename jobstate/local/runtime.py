@@ -49,16 +49,33 @@ class LocalRuntimeError(JobStateError):
 
 
 class _Worker:
-    """A worker process (a warm container) and our end of its socket."""
+    """A worker process (a warm container) and our end of its socket.
+
+    Its slot thread and `LocalRuntime.close()` may both tear it down; `stop()` and
+    `kill()` are idempotent and thread-safe. The socket is closed exactly once, so a
+    second close can never hit a file descriptor the process has since reused.
+    """
 
     def __init__(self, popen: subprocess.Popen[bytes], conn: Connection, slot: int) -> None:
         self.popen, self.conn, self.slot = popen, conn, slot
         self.info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def stop(self) -> None:
+        """SIGKILL the process (Lambda's timeout) and reap it; the socket stays open."""
+        with self._lock:
+            if self.popen.poll() is None:
+                self.popen.kill()
+        self.popen.wait()
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait()
+        """Stop the process and close our end of the socket."""
+        self.stop()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self.conn.close()
 
 
@@ -204,10 +221,15 @@ class LocalRuntime:
         self._closing = True
         self._stop.set()
         self.queue.close()
-        self._kill_all()
+        # Kill the processes first: a slot thread blocked on its worker's socket sees EOF
+        # and returns. Sockets are closed only after the threads stopped, so none is closed
+        # under a thread still polling it.
+        for w in list(self._workers):
+            if w is not None:
+                w.stop()
         for t in self._threads:
             t.join(timeout=10)
-        self._kill_all()  # any a slot started meanwhile
+        self._kill_all()  # closes the sockets, and kills any worker a slot started meanwhile
         if self._started_at:
             self.stats.wall_s = time.monotonic() - self._started_at
         if self._ddb is not None:
