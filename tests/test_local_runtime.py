@@ -151,6 +151,44 @@ def test_chaos_duplicates_crashes_lost_events_and_throttles_still_run_effects_on
     assert total["throttled_dynamodb"] > 0 and total["noops"] > 0
 
 
+
+SLOW_START_APP = """
+import os, time
+import jobstate
+
+class SlowFirstStart(jobstate.App):
+    def start(self, *args, **kwargs):
+        job_id = super().start(*args, **kwargs)  # created and dispatched ...
+        marker = os.environ["SLOW_START_MARKER"]
+        if not os.path.exists(marker):  # ... then, the first time, past the deadline
+            open(marker, "w").close()
+            time.sleep(60)
+        return job_id
+
+app = SlowFirstStart(store=jobstate.JobStore())
+
+@app.job("one")
+def one(ctx):
+    return ctx.complete({"ok": True})
+"""
+
+
+def test_a_start_killed_at_the_timeout_is_sent_again_and_makes_one_job(tmp_path, monkeypatch):
+    (tmp_path / "slow_start_app.py").write_text(SLOW_START_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with LocalRuntime("slow_start_app:app", timeout_ms=1_000, concurrency=2,
+                      sweep_interval_s=None, recursive_loop="Allow",
+                      env={"SLOW_START_MARKER": str(tmp_path / "slept")}) as rt:
+        jid = rt.start("one", {"x": 1}, job_id="one-1")
+        view = rt.wait([jid], timeout_s=30)[jid]
+        assert jid == "one-1" and view.status is jobstate.JobStatus.SUCCEEDED
+        assert [j.job_id for j in rt.store.list("one").jobs] == ["one-1"]
+        assert rt.stats_dict()["start_retries"] == 1
+        assert rt.stats.total.kills_at_timeout == 1
+        with pytest.raises(jobstate.InvalidInput, match="attempts"):
+            rt.start("one", attempts=0)
+
+
 def test_function_errors_are_retried_by_lambda_then_sent_to_on_failure(tmp_path):
     with LocalRuntime("test_local_runtime:app", timeout_ms=2_000, concurrency=1,
                       max_retry_attempts=2, time_scale=0.005, sweep_interval_s=None) as rt:

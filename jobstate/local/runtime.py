@@ -32,6 +32,8 @@ from .stats import RuntimeStats
 log = logging.getLogger("jobstate.local")
 
 RECURSION_LIMIT = 16
+# How `_run` reports an invocation whose process died rather than returned an error.
+_INVOCATION_DIED = frozenset({"Timeout", "Crash", "RuntimeExited"})
 RETRY_DELAYS_S = (60.0, 120.0)  # Lambda's async retries after an error or a timeout
 RECURSION_HELP = (
     "Lambda's recursive loop detection stops a chain of invocations after 16 hops "
@@ -342,14 +344,27 @@ class LocalRuntime:
         """An asynchronous invocation (`InvocationType="Event"`) from outside any chain."""
         self._enqueue(dict(event), depth=1, source="invoke")
 
-    def start(self, job_type: str, input: Any = None, *, job_id: str | None = None) -> str:
-        """Start a job through the handler (a start request, invoked synchronously)."""
+    def start(self, job_type: str, input: Any = None, *, job_id: str | None = None,
+              attempts: int = 3) -> str:
+        """Start a job through the handler (a start request, invoked synchronously).
+
+        The request always carries a job id, so creating the job is idempotent. A start
+        whose invocation died (killed at the timeout on a slow machine, for example) is
+        sent again, up to `attempts` times in all, like a caller retrying a Lambda
+        `Invoke`. Errors raised by the handler itself are never retried.
+        """
+        if not isinstance(attempts, int) or attempts < 1:
+            raise InvalidInput(f"attempts must be an int >= 1, got {attempts!r}")
         jid = job_id or f"{job_type}-{uuid.uuid4().hex}"
-        out = self.invoke({"jobstate": {"start": {"job_type": job_type, "input": input,
-                                                  "job_id": jid}}})
-        if not out.get("ok"):
-            raise _rebuild_error(out)
-        return str(out["result"]["job_id"])
+        event = {"jobstate": {"start": {"job_type": job_type, "input": input, "job_id": jid}}}
+        for attempt in range(1, attempts + 1):
+            out = self.invoke(event)
+            if out.get("ok"):
+                return str(out["result"]["job_id"])
+            if out.get("error_type") not in _INVOCATION_DIED or attempt == attempts:
+                raise _rebuild_error(out)
+            self.stats.bump_runtime("start_retries")
+        raise AssertionError("unreachable")
 
     def wait(self, job_ids: list[str], *, timeout_s: float = 60.0,
              poll_s: float = 0.2) -> dict[str, JobView]:

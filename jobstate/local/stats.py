@@ -52,6 +52,7 @@ class RuntimeStats:
         self.by_type: dict[str, Stats] = {}
         self.sweeps = 0
         self.cold_starts = 0
+        self.start_retries = 0  # start requests sent again after their invocation died
         self.wall_s = 0.0
         self._lock = threading.Lock()
 
@@ -95,4 +96,4 @@ class RuntimeStats:
             return {"total": self.total.to_dict(),
                     "by_type": {k: v.to_dict() for k, v in sorted(self.by_type.items())},
                     "sweeps": self.sweeps, "cold_starts": self.cold_starts,
-                    "wall_s": round(self.wall_s, 3)}
+                    "start_retries": self.start_retries, "wall_s": round(self.wall_s, 3)}
