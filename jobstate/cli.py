@@ -60,7 +60,7 @@ class Settings:
         if self.endpoint_url or os.environ.get("JOBSTATE_ENDPOINT_URL"):
             # A local engine (DynamoDB Local, moto) takes any credentials: use dummy ones
             # when none are configured, rather than failing to sign the request.
-            from .local.server import dummy_credentials
+            from .local.engines import dummy_credentials
 
             for k, v in dummy_credentials(force=False).items():
                 os.environ.setdefault(k, v)

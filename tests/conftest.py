@@ -17,7 +17,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from backends import DynamoDBLocal, MotoServer, dummy_aws_env, selected_backend
+from backends import (
+    DYNAMODB_LOCAL_PACKAGE_DIR,
+    DynamoDBLocal,
+    MotoServer,
+    dummy_aws_env,
+    selected_backend,
+)
 
 import jobstate
 from jobstate.testing import Driver
@@ -41,7 +47,7 @@ def engine() -> Iterator[str | None]:
         with MotoServer() as server:
             yield server.endpoint_url
     else:
-        with DynamoDBLocal() as ddb:
+        with DynamoDBLocal(package_dir=DYNAMODB_LOCAL_PACKAGE_DIR) as ddb:
             yield ddb.endpoint_url
 
 

@@ -18,6 +18,7 @@ import pytest
 from backends import (
     BACKEND_ENV_VAR,
     BACKENDS,
+    DYNAMODB_LOCAL_PACKAGE_DIR,
     DynamoDBLocal,
     MotoServer,
     dummy_aws_env,
@@ -231,7 +232,7 @@ def no_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.usefixtures("no_aws_env")
 def test_engine_end_to_end(engine_name: str) -> None:
     if engine_name == "dynamodb-local":
-        ddb = DynamoDBLocal()
+        ddb = DynamoDBLocal(package_dir=DYNAMODB_LOCAL_PACKAGE_DIR)
         began = time.monotonic()
         with ddb:
             print(f"DynamoDB Local ready in {time.monotonic() - began:.2f} s")

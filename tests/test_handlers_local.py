@@ -29,12 +29,11 @@ local = pytest.importorskip("jobstate.local")
 
 @pytest.fixture(scope="module")
 def moto_server() -> Iterator[str]:
-    from jobstate.local.server import EmbeddedDynamoDB
+    from jobstate.local.engines import MotoServer
 
-    server = EmbeddedDynamoDB()  # a ThreadedMotoServer: S3 and DynamoDB on one endpoint
-    url = server.start()
+    server = MotoServer(patched=True).start()  # S3 and DynamoDB on one endpoint
     try:
-        yield url
+        yield server.endpoint_url
     finally:
         server.stop()
 

@@ -27,7 +27,8 @@ What it emulates:
   retry recovers);
 - the sweeper on a timer (`sweep_interval_s`), dispatching into the same queue;
 - DynamoDB at `endpoint_url` (e.g. DynamoDB Local) or, by default, an embedded moto
-  server started in this process (memory only; dummy credentials).
+  server started in this process (memory only; dummy credentials). `DynamoDBLocal` and
+  `MotoServer` (`jobstate.local.engines`) start either engine for tests of your own.
 
 The app module must build its App without connecting at import, e.g.
 `app = jobstate.App(store=jobstate.JobStore())`: the worker sets JOBSTATE_ENDPOINT_URL
@@ -41,9 +42,10 @@ Worker logs (the "CloudWatch" of a run) are under `runtime.work_dir`.
 from __future__ import annotations
 
 from .chaos import Chaos
+from .engines import DynamoDBLocal, MotoServer
 from .runtime import RECURSION_LIMIT, LocalRuntime, LocalRuntimeError
 from .stats import RuntimeStats, Stats
 from .worker import LocalContext, load_app
 
-__all__ = ["RECURSION_LIMIT", "Chaos", "LocalContext", "LocalRuntime", "LocalRuntimeError",
-           "RuntimeStats", "Stats", "load_app"]
+__all__ = ["RECURSION_LIMIT", "Chaos", "DynamoDBLocal", "LocalContext", "LocalRuntime",
+           "LocalRuntimeError", "MotoServer", "RuntimeStats", "Stats", "load_app"]

@@ -25,8 +25,8 @@ from ..records import JobView
 from ..store import JobStore
 from ..sweeper import SweepReport, sweep
 from .chaos import Chaos, Dice
+from .engines import MotoServer, dummy_credentials
 from .queue import Delivery, EventQueue
-from .server import EmbeddedDynamoDB, dummy_credentials
 from .stats import RuntimeStats
 
 log = logging.getLogger("jobstate.local")
@@ -167,7 +167,7 @@ class LocalRuntime:
         self.failed_events: list[dict[str, Any]] = []
         self.queue = EventQueue()
         self.dice = Dice(self.chaos.seed)
-        self._ddb: EmbeddedDynamoDB | None = None
+        self._ddb: MotoServer | None = None
         self._store: JobStore | None = None
         self._workers: list[_Worker | None] = [None] * concurrency
         self._threads: list[threading.Thread] = []
@@ -191,8 +191,8 @@ class LocalRuntime:
         try:
             embedded = self.endpoint_url is None
             if embedded:
-                self._ddb = EmbeddedDynamoDB()
-                self.endpoint_url = self._ddb.start()
+                self._ddb = MotoServer(patched=True).start()
+                self.endpoint_url = self._ddb.endpoint_url
             elif "moto.server" in sys.modules:  # a moto server of this process, probably
                 from . import motofix
 
