@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from . import codec, schema
 from .clock import SYSTEM_CLOCK, Clock
@@ -68,6 +68,20 @@ class Limits:
             raise InvalidInput(
                 f"deadline must be a positive number of seconds or None, got {self.deadline_s!r}"
             )
+
+
+def _botocore_cause(exc: BaseException) -> BotoCoreError | None:
+    """The botocore error (no credentials, no connection) under a PynamoDB exception."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, BotoCoreError):
+            return cause
+        seen.add(id(cause))
+        nested = getattr(cause, "cause", None)  # PynamoDBException keeps it here
+        cause = nested if isinstance(nested, BaseException) else (
+            cause.__cause__ or cause.__context__)
+    return None
 
 
 class JobStore:
@@ -139,10 +153,21 @@ class JobStore:
             self._raise_unavailable(exc)
             raise
         except BotoCoreError as exc:
-            raise StoreUnavailable(
-                f"DynamoDB at {self.endpoint_url or 'AWS ' + self.region} could not be reached "
-                f"({type(exc).__name__}); the request is safe to retry."
-            ) from exc
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: BotoCoreError) -> StoreUnavailable:
+        where = self.endpoint_url or "AWS " + self.region
+        if isinstance(exc, NoCredentialsError):
+            return StoreUnavailable(
+                f"no AWS credentials found for DynamoDB at {where}: configure them (env "
+                "vars, AWS_PROFILE, an instance/Lambda role); a local engine (DynamoDB "
+                "Local, moto) accepts any dummy values, e.g. AWS_ACCESS_KEY_ID=testing "
+                "AWS_SECRET_ACCESS_KEY=testing."
+            )
+        return StoreUnavailable(
+            f"DynamoDB at {where} could not be reached ({type(exc).__name__}); the request "
+            "is safe to retry."
+        )
 
     def _raise_unavailable(self, exc: BaseException) -> None:
         code = error_code(exc)
@@ -166,6 +191,9 @@ class JobStore:
             raise
         except Exception as exc:  # PynamoDB wraps botocore errors in its own types
             self._raise_unavailable(exc)
+            botocore_error = _botocore_cause(exc)
+            if botocore_error is not None:
+                raise self._unreachable(botocore_error) from exc
             raise
 
     # -- table --------------------------------------------------------------------------

@@ -44,6 +44,23 @@ def test_missing_table_is_a_clear_error(make_store):
     assert "jobstate create-table" in str(err.value)
 
 
+@pytest.mark.parametrize("operation", ["create_table", "get"])
+def test_missing_credentials_are_a_clear_error_not_a_traceback(monkeypatch, tmp_path,
+                                                               operation):
+    # Signing fails before anything is sent: no engine is needed, nothing is written.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = jobstate.JobStore("t", endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    call = store.create_table if operation == "create_table" else lambda: store.get("j1")
+    with pytest.raises(jobstate.StoreUnavailable) as err:
+        call()
+    assert "no AWS credentials" in str(err.value) and "AWS_ACCESS_KEY_ID" in str(err.value)
+
+
 def test_list_paginates_every_job_once_by_type_and_status(app, cont, store, clock):
     @app.job("quick")
     def quick(ctx: jobstate.StepContext) -> Any:
