@@ -8,8 +8,9 @@ from typing import Any
 
 import jobstate
 from jobstate.clock import Clock
+from jobstate.local.engines import dynamodb_client
 
-from .engine import REGION, Engine, Meter, dynamodb_client
+from .engine import REGION, Engine, Meter
 
 
 def new_store(engine: Engine, meter: Meter | None, clock: Clock | None = None,

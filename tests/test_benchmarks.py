@@ -205,3 +205,12 @@ def test_meter_applies_aws_billing_rules_on_top_of_engine_capacity() -> None:
     assert t.billed_wru == 3.0 + 50.0 + 1.0
     assert t.rcu == 0.0 and t.billed_rru == 25.0
     assert (meter.snapshot() - t).requests == 0
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_module_imports(module: str) -> None:
+    # `python -m benchmarks` imports them all; a broken import must fail here, not in CI's
+    # benchmark step after the whole suite ran.
+    import importlib
+
+    importlib.import_module(f"benchmarks.{module}")
