@@ -13,6 +13,7 @@ from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
 from .effects import list_effects, mark_effect
 from .errors import (
     DispatchFailed,
+    EffectNotDone,
     EffectOutcomeUnknown,
     InvalidEvent,
     InvalidInput,
@@ -49,6 +50,7 @@ __all__ = [
     "Completed",
     "Continuation",
     "DispatchFailed",
+    "EffectNotDone",
     "EffectOutcomeUnknown",
     "Failed",
     "HistoryEntry",

@@ -2,21 +2,35 @@
 
 An effect item `FX#<key>` is put STARTED (owner = this lease) before `fn` runs and
 updated to DONE with the result after. Happy path: 2 writes, 0 reads. If a later attempt
-finds it STARTED by an owner that died, the outcome is unknown: AT_LEAST_ONCE runs `fn`
-again, AT_MOST_ONCE asks `reconcile` or parks the job with EffectOutcomeUnknown.
+finds it STARTED by another owner (one that died, or whose `fn` raised), the outcome is
+unknown: AT_LEAST_ONCE runs `fn` again, AT_MOST_ONCE asks `reconcile` or parks the job
+with EffectOutcomeUnknown. Under AT_MOST_ONCE an exception from `fn` leaves the outcome
+unknown too (a timeout after the far side acted is an exception); `fn` raises
+`EffectNotDone` to say "this did not happen" and be run again by the retry.
+
+Results are JSON, size-checked, and encrypted with the store's cipher when it has one
+(they often hold the very tokens a job keeps, such as an external job id).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from . import codec, faults, observe, schema
 from .dynamo import CONDITION_FAILED, TRANSACTION_CANCELLED, av, error_code, old_item
-from .errors import EffectOutcomeUnknown, InvalidInput, JobNotFound, LeaseLost, StateTooLarge
+from .errors import (
+    EffectNotDone,
+    EffectOutcomeUnknown,
+    InvalidInput,
+    JobNotFound,
+    LeaseLost,
+    StateTooLarge,
+    TokensUnreadable,
+)
 from .protocol import Lease
 from .status import NOT_DONE, Semantics
 from .store import JobStore
@@ -25,6 +39,9 @@ STARTED = "STARTED"
 DONE = "DONE"
 MAX_KEY_CHARS = 512
 RESULT_BUDGET_BYTES = 300 * 1024
+BATCH_CHUNK = 25  # once_batch: keys started, run and recorded together (crash blast radius)
+TXN_BYTES = 3_500_000  # a DONE transaction stays under TransactWriteItems' 4 MB
+ENCRYPTED_PREFIX = "enc:"
 
 
 def validate_key(key: object) -> str:
@@ -44,37 +61,70 @@ def _key(job_id: str, key: str) -> dict[str, Any]:
     return {"pk": av(schema.job_pk(job_id)), "sk": av(schema.effect_sk(key))}
 
 
-def _expires(store: JobStore, lease: Lease, now: int) -> int:
-    end = max(now, lease.job.deadline_at or now)
-    return end // 1000 + store.retention_s
+def expires_at(store: JobStore, deadline_at: int | None) -> int | None:
+    """TTL of a job's effect records: `retention` after the job's deadline.
+
+    The job cannot run past its deadline (a resume moves the deadline and these TTLs
+    with it), so a DONE record never expires while the job can still ask for it. A job
+    with no deadline keeps its effect records until they are deleted by hand.
+    """
+    if deadline_at is None:
+        return None
+    return deadline_at // 1000 + store.retention_s
 
 
 def _started_item(store: JobStore, lease: Lease, key: str, sem: Semantics,
                   now: int) -> dict[str, Any]:
-    return {
+    item = {
         **_key(lease.job_id, key),
         "state": av(STARTED), "owner": av(lease.owner), "step": av(lease.step),
         "started_at": av(now), "semantics": av(sem.value), "runs": av(1),
-        "expires_at": av(_expires(store, lease, now)),
     }
+    ttl = expires_at(store, lease.job.deadline_at)
+    if ttl is not None:
+        item["expires_at"] = av(max(ttl, now // 1000 + store.retention_s))
+    return item
 
 
-def _encode_result(value: Any, key: str) -> str:
+def encode_result(store: JobStore, value: Any, key: str) -> str:
+    """The stored form of an effect's result: JSON, encrypted if the store has a cipher."""
     text = codec.dumps(value, f"result of effect {key!r}")
+    if store.cipher is not None and value is not None:
+        text = ENCRYPTED_PREFIX + store.cipher.encrypt(text)
     if codec.size_of(text) > RESULT_BUDGET_BYTES:
         raise StateTooLarge(
-            f"result of effect {key!r} is {codec.size_of(text)} bytes; effect results are "
-            f"limited to {RESULT_BUDGET_BYTES} bytes (DynamoDB items are at most 400 KB). "
+            f"result of effect {key!r} is {codec.size_of(text)} bytes stored; effect results "
+            f"are limited to {RESULT_BUDGET_BYTES} bytes (DynamoDB items are at most 400 KB). "
             "Return an id or an S3 key instead of the data."
         )
     return text
+
+
+def decode_result(store: JobStore, item: Mapping[str, Any], job_id: str) -> Any:
+    text = item.get("result", {}).get("S")
+    if text and text.startswith(ENCRYPTED_PREFIX):
+        if store.cipher is None:
+            raise TokensUnreadable(
+                f"the results of job {job_id!r}'s effects are encrypted; create the JobStore "
+                "with the cipher=jobstate.Cipher(encrypt, decrypt) that wrote them.",
+                job_id=job_id,
+            )
+        try:
+            text = store.cipher.decrypt(text[len(ENCRYPTED_PREFIX):])
+        except Exception as exc:
+            raise TokensUnreadable(
+                f"the cipher could not decrypt an effect result of job {job_id!r} "
+                f"({type(exc).__name__}); is it the one that encrypted it?", job_id=job_id,
+            ) from None
+    return codec.loads(text)
 
 
 def _done_update(lease: Lease, key: str, result_json: str, now: int,
                  expect_owner: str) -> dict[str, Any]:
     return {
         "Key": _key(lease.job_id, key),
-        "UpdateExpression": "SET #state = :done, #result = :r, done_at = :now, #owner = :me",
+        "UpdateExpression": "SET #state = :done, #result = :r, done_at = :now, #owner = :me "
+                            "REMOVE last_error",
         "ConditionExpression": "#state = :started AND #owner = :expect",
         "ExpressionAttributeNames": {"#state": "state", "#result": "result", "#owner": "owner"},
         "ExpressionAttributeValues": {
@@ -84,12 +134,26 @@ def _done_update(lease: Lease, key: str, result_json: str, now: int,
     }
 
 
+def _mine(lease: Lease, key: str) -> dict[str, Any]:
+    """Condition: the effect is STARTED and owned by this lease."""
+    return {
+        "Key": _key(lease.job_id, key),
+        "ConditionExpression": "#state = :started AND #owner = :me",
+        "ExpressionAttributeNames": {"#state": "state", "#owner": "owner"},
+        "ExpressionAttributeValues": {":started": av(STARTED), ":me": av(lease.owner)},
+    }
+
+
 @dataclass
 class Effects:
     """The effect operations of one step (bound to its lease)."""
 
     store: JobStore
     lease: Lease
+    # Keys whose `fn` is running right now (a nested `once` with the same key is a bug),
+    # and keys whose `fn` raised in this step (their outcome is unknown, like a crash's).
+    _running: set[str] = field(default_factory=set)
+    _unknown: set[str] = field(default_factory=set)
 
     def once(
         self,
@@ -102,6 +166,11 @@ class Effects:
     ) -> Any:
         validate_key(key)
         sem = Semantics(semantics)
+        if key in self._running:
+            raise InvalidInput(
+                f"effect {key!r} is already running in this step (a ctx.once nested in its "
+                "own fn?); use a distinct key per side effect."
+            )
         now = self.store.clock.now_ms()
         try:
             self.store.call(
@@ -114,41 +183,52 @@ class Effects:
             if error_code(exc) != CONDITION_FAILED:
                 raise
             old = old_item(exc) or {}
+            if self._own_retried_put(key, old):
+                # botocore sent our put again after its response was lost: the STARTED
+                # record is this call's own, and `fn` has not run.
+                return self._run(key, fn, args, kwargs, sem)
             return self._existing(key, old, fn, args, kwargs, sem, reconcile)
-        return self._run(key, fn, args, kwargs, self.lease.owner)
+        return self._run(key, fn, args, kwargs, sem)
 
-    def _existing(self, key: str, old: dict[str, Any], fn: Callable[..., Any],
+    def _own_retried_put(self, key: str, old: Mapping[str, Any]) -> bool:
+        return (old.get("state", {}).get("S") == STARTED
+                and old.get("owner", {}).get("S") == self.lease.owner
+                and key not in self._unknown)
+
+    def _existing(self, key: str, old: Mapping[str, Any], fn: Callable[..., Any],
                   args: Sequence[Any], kwargs: Mapping[str, Any], sem: Semantics,
                   reconcile: Callable[..., Any] | None) -> Any:
-        state = old.get("state", {}).get("S")
-        if state == DONE:
-            return codec.loads(old.get("result", {}).get("S"))
+        if old.get("state", {}).get("S") == DONE:
+            return decode_result(self.store, old, self.lease.job_id)
         owner = old.get("owner", {}).get("S", "")
-        if owner == self.lease.owner:
-            raise InvalidInput(
-                f"effect {key!r} is already running in this step; use a distinct key per "
-                "side effect."
-            )
-        # STARTED by an owner that no longer holds the job: it died mid-effect.
+        # STARTED by another owner (it died mid-effect, or its fn raised), or by this one
+        # earlier in the step when fn raised: it may or may not have happened.
         if sem == Semantics.AT_MOST_ONCE:
             if reconcile is None:
+                raised = old.get("last_error", {}).get("S")
+                how = (f"its call raised {raised}" if raised
+                       else f"the invocation that started it died (owner {owner})")
                 raise EffectOutcomeUnknown(
-                    f"effect {key!r} of job {self.lease.job_id!r} was started by an "
-                    f"invocation that died (owner {owner}); it may or may not have happened, "
-                    "and at-most-once forbids running it again. Check the external system, "
+                    f"effect {key!r} of job {self.lease.job_id!r} was started but never "
+                    f"recorded as done ({how}); it may or may not have happened, and "
+                    "at-most-once forbids running it again. Check the external system, "
                     f"then run `jobstate effect done {self.lease.job_id} '{key}' --result "
                     f"JSON` (it happened) or `jobstate effect retry {self.lease.job_id} "
                     f"'{key}'` (it did not), and `jobstate resume {self.lease.job_id}`. "
-                    "Pass reconcile=... to ctx.once to decide this automatically.",
+                    "Pass reconcile=... to ctx.once to decide this automatically, or raise "
+                    "jobstate.EffectNotDone from fn when a call certainly did not happen.",
                     job_id=self.lease.job_id,
                     key=key,
                 )
             outcome = reconcile(*args, **kwargs)
             if outcome is not NOT_DONE:
                 self._write_done(key, outcome, owner)
+                self._unknown.discard(key)
                 return outcome
-        self._take_over(key, owner)
-        return self._run(key, fn, args, kwargs, self.lease.owner)
+        if owner != self.lease.owner:
+            self._take_over(key, owner)
+        self._unknown.discard(key)
+        return self._run(key, fn, args, kwargs, sem)
 
     def _take_over(self, key: str, old_owner: str) -> None:
         now = self.store.clock.now_ms()
@@ -174,29 +254,39 @@ class Effects:
                 job_id=self.lease.job_id,
             ) from None
 
-    def _run(self, key: str, fn: Callable[..., Any], args: Sequence[Any],
-             kwargs: Mapping[str, Any], owner: str) -> Any:
+    def _call(self, key: str, fn: Callable[..., Any], args: Sequence[Any],
+              kwargs: Mapping[str, Any], sem: Semantics) -> Any:
+        """Run `fn` for a STARTED record of ours; on an exception, settle the record."""
         faults.point("effect_started", job_id=self.lease.job_id, key=key)
         observe.count("Effects")
+        self._running.add(key)
         try:
-            result = fn(*args, **kwargs)
-        except Exception:
-            # fn raised: treat the effect as not done, so a retry may run it again.
-            # (A BaseException is a kill/cancel: leave STARTED, the outcome is unknown.)
-            self._forget(key)
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if sem == Semantics.AT_LEAST_ONCE or isinstance(exc, EffectNotDone):
+                self._forget(key)  # not done (or allowed again): a retry runs it
+            else:
+                self._mark_unknown(key, exc)
             raise
+        # A BaseException is a kill or a cancel: leave STARTED, the outcome is unknown.
+        finally:
+            self._running.discard(key)
+
+    def _run(self, key: str, fn: Callable[..., Any], args: Sequence[Any],
+             kwargs: Mapping[str, Any], sem: Semantics) -> Any:
+        result = self._call(key, fn, args, kwargs, sem)
         faults.point("effect_called", job_id=self.lease.job_id, key=key)
         try:
-            result_json = _encode_result(result, key)
+            result_json = encode_result(self.store, result, key)
         except Exception:
             # The effect happened but its result cannot be stored: record DONE without it.
-            self._write_done_json(key, "null", owner)
+            self._write_done_json(key, "null", self.lease.owner)
             raise
-        self._write_done_json(key, result_json, owner)
+        self._write_done_json(key, result_json, self.lease.owner)
         return result
 
     def _write_done(self, key: str, result: Any, expect_owner: str) -> None:
-        self._write_done_json(key, _encode_result(result, key), expect_owner)
+        self._write_done_json(key, encode_result(self.store, result, key), expect_owner)
 
     def _write_done_json(self, key: str, result_json: str, expect_owner: str) -> None:
         now = self.store.clock.now_ms()
@@ -214,15 +304,22 @@ class Effects:
 
     def _forget(self, key: str) -> None:
         try:
-            self.store.call(
-                "delete_item",
-                Key=_key(self.lease.job_id, key),
-                ConditionExpression="#state = :started AND #owner = :me",
-                ExpressionAttributeNames={"#state": "state", "#owner": "owner"},
-                ExpressionAttributeValues={":started": av(STARTED), ":me": av(self.lease.owner)},
-            )
+            self.store.call("delete_item", **_mine(self.lease, key))
         except ClientError as exc:
             if error_code(exc) != CONDITION_FAILED:
+                raise
+
+    def _mark_unknown(self, key: str, exc: BaseException) -> None:
+        """fn raised under at-most-once: keep STARTED, note what was raised (its type only:
+        an exception's text may carry secrets)."""
+        self._unknown.add(key)
+        kw = _mine(self.lease, key)
+        kw["UpdateExpression"] = "SET last_error = :e"
+        kw["ExpressionAttributeValues"][":e"] = av(type(exc).__name__)
+        try:
+            self.store.call("update_item", **kw)
+        except ClientError as err:
+            if error_code(err) != CONDITION_FAILED:
                 raise
 
     # -- batches --------------------------------------------------------------------------
@@ -234,11 +331,18 @@ class Effects:
         semantics: Semantics,
         reconcile: Callable[..., Any] | None,
     ) -> dict[str, Any]:
-        """Run `fn(*calls[key])` once per key, with ~3 round trips per 100 keys."""
+        """Run `fn(*calls[key])` once per key, in about 3 round trips per 25 keys.
+
+        Keys are started, run and recorded `BATCH_CHUNK` at a time, so a crash leaves at
+        most one chunk's outcome unknown.
+        """
         keys = [validate_key(k) for k in calls]
         if len(set(keys)) != len(keys):
             raise InvalidInput("once_batch keys must be distinct.")
         sem = Semantics(semantics)
+        for k in keys:
+            if k in self._running:
+                raise InvalidInput(f"effect {k!r} is already running in this step.")
         results: dict[str, Any] = {}
         found = {
             item["sk"]["S"][3:]: item
@@ -250,102 +354,148 @@ class Effects:
             if item is None:
                 fresh.append(k)
             elif item.get("state", {}).get("S") == DONE:
-                results[k] = codec.loads(item.get("result", {}).get("S"))
-            else:  # STARTED by a dead owner: the single-key path knows what to do
+                results[k] = decode_result(self.store, item, self.lease.job_id)
+            else:  # STARTED and not done: the single-key path knows what to do
                 results[k] = self._existing(k, item, fn, tuple(calls[k]), {}, sem, reconcile)
+        for i in range(0, len(fresh), BATCH_CHUNK):
+            self._run_chunk(fresh[i:i + BATCH_CHUNK], calls, fn, sem, reconcile, results)
+        return {k: results[k] for k in keys}
+
+    def _run_chunk(self, chunk: list[str], calls: Mapping[str, Sequence[Any]],
+                   fn: Callable[..., Any], sem: Semantics,
+                   reconcile: Callable[..., Any] | None, results: dict[str, Any]) -> None:
         now = self.store.clock.now_ms()
-        started: list[str] = []
-        for i in range(0, len(fresh), 100):
-            chunk = fresh[i:i + 100]
-            actions = [{"Put": {"TableName": self.store.table_name,
-                                "Item": _started_item(self.store, self.lease, k, sem, now),
-                                "ConditionExpression": "attribute_not_exists(pk)"}}
-                       for k in chunk]
-            try:
-                self.store.call("transact_write_items", TransactItems=actions)
-                started.extend(chunk)
-            except ClientError as exc:
-                if error_code(exc) != TRANSACTION_CANCELLED:
-                    raise
-                for k in chunk:  # something raced us: settle each key on its own
-                    results[k] = self.once(k, fn, tuple(calls[k]), {}, sem, reconcile)
-        done: dict[str, str] = {}
+        actions = [{"Put": {"TableName": self.store.table_name,
+                            "Item": _started_item(self.store, self.lease, k, sem, now),
+                            "ConditionExpression": "attribute_not_exists(pk)"}}
+                   for k in chunk]
+        try:
+            self.store.call("transact_write_items", TransactItems=actions)
+        except ClientError as exc:
+            if error_code(exc) != TRANSACTION_CANCELLED:
+                raise
+            for k in chunk:  # something raced us: settle each key on its own
+                results[k] = self.once(k, fn, tuple(calls[k]), {}, sem, reconcile)
+            return
+        done: list[tuple[str, str]] = []
         failure: BaseException | None = None
-        for k in started:
-            if failure is not None:
-                self._forget(k)
-                continue
-            faults.point("effect_started", job_id=self.lease.job_id, key=k)
-            observe.count("Effects")
+        for n, k in enumerate(chunk):
             try:
-                value = fn(*tuple(calls[k]))
+                value = self._call(k, fn, tuple(calls[k]), {}, sem)
                 faults.point("effect_called", job_id=self.lease.job_id, key=k)
             except Exception as exc:
                 failure = exc
-                self._forget(k)
-                continue
+                self._forget_all(chunk[n + 1:])  # certainly not run
+                break
             results[k] = value
             try:
-                done[k] = _encode_result(value, k)
+                done.append((k, encode_result(self.store, value, k)))
             except Exception as exc:
-                done[k] = "null"
+                done.append((k, "null"))
                 failure = exc
-        items = list(done.items())
-        for i in range(0, len(items), 100):
-            actions = [{"Update": {"TableName": self.store.table_name,
-                                   **_done_update(self.lease, k, rj, now, self.lease.owner)}}
-                       for k, rj in items[i:i + 100]]
-            try:
-                self.store.call("transact_write_items", TransactItems=actions)
-            except ClientError as exc:
-                if error_code(exc) != TRANSACTION_CANCELLED:
-                    raise
-                raise LeaseLost(
-                    f"effects of job {self.lease.job_id!r} changed hands during a batch; "
-                    "their results were not recorded. Stop work and return.",
-                    job_id=self.lease.job_id,
-                ) from None
+                self._forget_all(chunk[n + 1:])
+                break
+        self._record_done(done, now)
         if failure is not None:
             raise failure
-        return {k: results[k] for k in keys}
+
+    def _forget_all(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 100):
+            actions = [{"Delete": {"TableName": self.store.table_name, **_mine(self.lease, k)}}
+                       for k in keys[i:i + 100]]
+            if actions:
+                try:
+                    self.store.call("transact_write_items", TransactItems=actions)
+                except ClientError as exc:
+                    if error_code(exc) != TRANSACTION_CANCELLED:
+                        raise
+                    for k in keys[i:i + 100]:
+                        self._forget(k)
+
+    def _record_done(self, done: list[tuple[str, str]], now: int) -> None:
+        """DONE for each key, in transactions of at most 100 actions and ~3.5 MB."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for k, rj in [*done, ("", "")]:
+            item_size = codec.size_of(rj) + len(k) + 200
+            if k == "" or len(batch) == 100 or (batch and size + item_size > TXN_BYTES):
+                if batch:
+                    self._transact_done(batch)
+                batch, size = [], 0
+                if k == "":
+                    break
+            batch.append({"Update": {"TableName": self.store.table_name,
+                                     **_done_update(self.lease, k, rj, now, self.lease.owner)}})
+            size += item_size
+
+    def _transact_done(self, actions: list[dict[str, Any]]) -> None:
+        try:
+            self.store.call("transact_write_items", TransactItems=actions)
+        except ClientError as exc:
+            if error_code(exc) != TRANSACTION_CANCELLED:
+                raise
+            raise LeaseLost(
+                f"effects of job {self.lease.job_id!r} changed hands during a batch; "
+                "their results were not recorded. Stop work and return.",
+                job_id=self.lease.job_id,
+            ) from None
 
 
 # -- operator actions (CLI: `jobstate effect ...`) ---------------------------------------------
 
 
-def list_effects(store: JobStore, job_id: str) -> list[dict[str, Any]]:
+def list_effects(store: JobStore, job_id: str, *, secrets: bool = False) -> list[dict[str, Any]]:
+    """A job's effect records. Results are redacted unless `secrets` (they may hold tokens,
+    e.g. an external job id), and decrypted with the store's cipher when they are shown."""
     codec.validate_job_id(job_id)
     out = []
     for item in store._query_prefix(job_id, "FX#"):
+        has_result = "result" in item and item["result"].get("S") not in (None, "null")
         out.append({
             "key": item["sk"]["S"][3:],
             "state": item.get("state", {}).get("S"),
             "step": int(item["step"]["N"]) if "step" in item else None,
             "owner": item.get("owner", {}).get("S"),
             "runs": int(item.get("runs", {}).get("N", "1")),
-            "result": codec.loads(item.get("result", {}).get("S")),
+            "last_error": item.get("last_error", {}).get("S"),
+            "result": (decode_result(store, item, job_id) if secrets
+                       else codec.REDACTED if has_result else None),
         })
     return out
 
 
 def mark_effect(store: JobStore, job_id: str, key: str, *, done: bool,
                 result: Any = None) -> None:
-    """Settle a STARTED effect by hand: DONE with `result`, or forgotten so it runs again."""
+    """Settle a STARTED effect by hand: DONE with `result`, or forgotten so it runs again.
+
+    Refused while a step of the job holds a live lease: that step may be running the
+    effect right now. Settle effects of a parked (FAILED) job, then resume it.
+    """
     codec.validate_job_id(job_id)
     validate_key(key)
-    if store.get_raw(job_id) is None:
+    raw = store.get_raw(job_id)
+    if raw is None:
         raise JobNotFound(f"no job {job_id!r}.", job_id=job_id)
+    now = store.clock.now_ms()
+    lease_until = int(raw.get("lease_expires_at", {}).get("N", "0"))
+    if raw.get("status", {}).get("S") == "RUNNING" and lease_until >= now:
+        raise InvalidInput(
+            f"job {job_id!r} is running (a step holds it until {lease_until} ms epoch); its "
+            f"effects cannot be settled by hand while it may be running them. Cancel it or "
+            "wait for the step to end, then settle and `jobstate resume` it."
+        )
     k = _key(job_id, key)
     try:
         if done:
             store.call(
                 "update_item", Key=k,
-                UpdateExpression="SET #state = :done, #result = :r, done_at = :now",
+                UpdateExpression="SET #state = :done, #result = :r, done_at = :now "
+                                 "REMOVE last_error",
                 ConditionExpression="#state = :started",
                 ExpressionAttributeNames={"#state": "state", "#result": "result"},
                 ExpressionAttributeValues={":done": av(DONE), ":started": av(STARTED),
-                                           ":r": av(_encode_result(result, key)),
-                                           ":now": av(store.clock.now_ms())},
+                                           ":r": av(encode_result(store, result, key)),
+                                           ":now": av(now)},
             )
         else:
             store.call(
@@ -360,3 +510,32 @@ def mark_effect(store: JobStore, job_id: str, key: str, *, done: bool,
             f"effect {key!r} of job {job_id!r} is not STARTED (it is DONE or absent); only "
             "an effect whose outcome is unknown can be settled by hand."
         ) from None
+
+
+def extend_expiry(store: JobStore, job_id: str, deadline_at: int | None) -> int:
+    """Move the TTL of a job's effect records to match a new deadline (on resume).
+
+    Returns how many records changed. With no deadline the TTL is removed.
+    """
+    ttl = expires_at(store, deadline_at)
+    changed = 0
+    for item in store._query_prefix(job_id, "FX#"):
+        current = item.get("expires_at", {}).get("N")
+        if ttl is not None and current is not None and int(current) >= ttl:
+            continue
+        if ttl is None and current is None:
+            continue
+        kw: dict[str, Any] = {"Key": {"pk": item["pk"], "sk": item["sk"]},
+                              "ConditionExpression": "attribute_exists(pk)"}
+        if ttl is None:
+            kw["UpdateExpression"] = "REMOVE expires_at"
+        else:
+            kw["UpdateExpression"] = "SET expires_at = :t"
+            kw["ExpressionAttributeValues"] = {":t": av(ttl)}
+        try:
+            store.call("update_item", **kw)
+            changed += 1
+        except ClientError as exc:
+            if error_code(exc) != CONDITION_FAILED:
+                raise
+    return changed

@@ -58,11 +58,20 @@ class JobCancelled(LeaseLost):
 
 
 class EffectOutcomeUnknown(JobStateError):
-    """An at-most-once effect was started by an invocation that died; did it happen?"""
+    """An at-most-once effect was started but never recorded done; did it happen?"""
 
     def __init__(self, message: str, *, job_id: str, key: str) -> None:
         super().__init__(message, job_id=job_id, key=key)
         self.key = key
+
+
+class EffectNotDone(Exception):
+    """Raised by an effect's `fn` to say the call certainly did not happen.
+
+    Under at-most-once any other exception from `fn` leaves the effect's outcome unknown
+    (a timeout after the far side acted looks the same); this one lets the step's retry
+    run `fn` again. `raise jobstate.EffectNotDone("rejected before sending") from exc`.
+    """
 
 
 class StoreUnavailable(JobStateError):

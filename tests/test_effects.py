@@ -257,7 +257,74 @@ def test_oversize_effect_result_is_a_clear_error(app, cont, store, clock):
     assert "'report'" in errors[0] and "bytes" in errors[0] and "400 KB" in errors[0]
 
 
-def test_fn_raising_forgets_the_effect_so_a_retry_runs_it(app, cont, store, clock):
+def _flaky_job(app: jobstate.App, name: str, fn: Any, **once: Any) -> None:
+    @app.job(name, retry=jobstate.RetryPolicy(max_attempts=3,
+                                              wait=__import__("tenacity").wait_fixed(1)))
+    def flakyjob(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once("mail", fn, **once))
+
+
+def test_at_most_once_fn_raising_leaves_the_outcome_unknown(app, cont, store, clock):
+    # A timeout after the far side accepted the mail raises too: at-most-once must not
+    # send it again on the retry, so the job parks with the key named.
+    sent: list[str] = []
+
+    def accepted_then_timed_out() -> str:
+        sent.append("mail")
+        raise TimeoutError("read timed out (the message was accepted)")
+
+    _flaky_job(app, "amo", accepted_then_timed_out)
+    jid = app.start("amo", None, job_id="amo")
+    drain(app, cont, FakeLambdaContext(clock))
+    job = store.get(jid)
+    assert sent == ["mail"]
+    assert job.status is JobStatus.FAILED
+    assert "'mail'" in (job.error or "") and "TimeoutError" in (job.error or "")
+    [fx] = jobstate.list_effects(store, jid)
+    assert (fx["state"], fx["last_error"]) == ("STARTED", "TimeoutError")
+
+
+def test_at_most_once_fn_raising_effect_not_done_is_retried(app, cont, store, clock):
+    attempts: list[int] = []
+
+    def refused_then_sent() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise jobstate.EffectNotDone("smtp refused the connection: nothing was sent")
+        return "sent"
+
+    _flaky_job(app, "notdone", refused_then_sent)
+    jid = app.start("notdone", None, job_id="notdone")
+    drain(app, cont, FakeLambdaContext(clock))  # the short backoff is served in-process
+    job = store.get(jid)
+    assert job.status is JobStatus.SUCCEEDED and job.result == "sent"
+    assert len(attempts) == 2
+
+
+def test_at_most_once_fn_raising_asks_reconcile_on_the_retry(app, cont, store, clock):
+    sent: list[str] = []
+    asked: list[int] = []
+
+    def accepted_then_timed_out() -> str:
+        sent.append("mail")
+        if len(sent) == 1:
+            raise TimeoutError("read timed out")
+        return "sent-again"
+
+    def reconcile() -> Any:
+        asked.append(1)
+        return "msg-1" if sent else jobstate.NOT_DONE
+
+    _flaky_job(app, "rec", accepted_then_timed_out, reconcile=reconcile)
+    jid = app.start("rec", None, job_id="rec")
+    drain(app, cont, FakeLambdaContext(clock))
+    job = store.get(jid)
+    assert job.status is JobStatus.SUCCEEDED and job.result == "msg-1"
+    assert sent == ["mail"] and asked == [1]
+
+
+def test_at_least_once_fn_raising_forgets_the_effect_so_a_retry_runs_it(app, cont, store,
+                                                                         clock):
     attempts: list[int] = []
 
     def flaky() -> str:
@@ -266,16 +333,42 @@ def test_fn_raising_forgets_the_effect_so_a_retry_runs_it(app, cont, store, cloc
             raise ConnectionError("smtp down")
         return "sent"
 
-    @app.job("flaky", retry=jobstate.RetryPolicy(max_attempts=3,
-                                                  wait=__import__("tenacity").wait_fixed(1)))
-    def flakyjob(ctx: jobstate.StepContext) -> Any:
-        return ctx.complete(ctx.once("mail", flaky))
-
-    jid = app.start("flaky", None, job_id="flaky")
-    drain(app, cont, FakeLambdaContext(clock))  # the short backoff is served in-process
+    _flaky_job(app, "alo", flaky, semantics=jobstate.Semantics.AT_LEAST_ONCE)
+    jid = app.start("alo", None, job_id="alo")
+    drain(app, cont, FakeLambdaContext(clock))
     job = store.get(jid)
     assert job.status is JobStatus.SUCCEEDED and job.result == "sent"
     assert len(attempts) == 2
+
+
+def test_a_put_retried_after_a_lost_response_is_our_own_and_runs_fn(app, cont, store):
+    from conftest import LostResponse
+
+    sent: list[str] = []
+
+    @app.job("lost-put")
+    def lost_put(ctx: jobstate.StepContext) -> Any:
+        with LostResponse(store, "put_item") as lost:
+            result = ctx.once("mail", lambda: sent.append("x") or "ok")
+        assert lost.replayed == 1
+        return ctx.complete(result)
+
+    app.start("lost-put", None, job_id="lp")
+    drain(app, cont)
+    job = store.get("lp")
+    assert (job.status, job.result, sent) == (JobStatus.SUCCEEDED, "ok", ["x"])
+
+
+def test_the_same_key_nested_in_its_own_fn_is_refused(app, cont, store):
+    @app.job("nested")
+    def nested(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once("k", lambda: ctx.once("k", lambda: 1),
+                                     semantics=jobstate.Semantics.AT_LEAST_ONCE))
+
+    app.start("nested", None, job_id="nest")
+    drain(app, cont)
+    job = store.get("nest")
+    assert job.status is JobStatus.FAILED and "already running in this step" in job.error
 
 
 # -- batches ------------------------------------------------------------------------------
@@ -494,3 +587,123 @@ def test_step_claimed_with_wrong_cipher_fails_job_clearly(make_store, clock):
     drain(app, cont, FakeLambdaContext(clock))
     job = store.get(jid)
     assert job.status is JobStatus.SUCCEEDED and job.result is True
+
+
+# -- batches in chunks, encrypted results, expiry, hand settling ----------------------------
+
+
+def test_once_batch_crash_leaves_at_most_one_chunk_unknown(app, cont, store, clock):
+    from jobstate.effects import BATCH_CHUNK
+
+    mailer = Mailer()
+    users = {f"mail:{i}": (f"u{i}",) for i in range(3 * BATCH_CHUNK)}
+
+    @app.job("big-batch")
+    def big_batch(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(len(ctx.once_batch(users, mailer.send)))
+
+    jid = app.start("big-batch", None, job_id="chunks")
+    called = [0]
+
+    def crash_in_second_chunk(name: str, info: dict[str, Any]) -> bool:
+        if name == "effect_called":
+            called[0] += 1
+            return called[0] == BATCH_CHUNK + 3
+        return False
+
+    assert deliver_crashing(app, cont.pop_all()[0], clock, crash_in_second_chunk) is None
+    states = {e["key"]: e["state"] for e in jobstate.list_effects(store, jid)}
+    assert list(states.values()).count("DONE") == BATCH_CHUNK  # the first chunk: recorded
+    assert list(states.values()).count("STARTED") == BATCH_CHUNK  # the second: unknown
+    assert len(states) == 2 * BATCH_CHUNK  # the third was never started
+
+
+def test_once_batch_failure_forgets_the_keys_it_did_not_run(app, cont, store, clock):
+    sent: list[str] = []
+
+    def send(to: str) -> str:
+        if to == "u3":
+            raise jobstate.EffectNotDone("rejected before sending")
+        sent.append(to)
+        return to
+
+    @app.job("partial", retry=jobstate.RetryPolicy(max_attempts=1))
+    def partial(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once_batch({f"k{i}": (f"u{i}",) for i in range(6)}, send))
+
+    app.start("partial", None, job_id="partial")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get("partial").status is JobStatus.FAILED
+    assert sent == ["u0", "u1", "u2"]
+    states = {e["key"]: e["state"] for e in jobstate.list_effects(store, "partial")}
+    assert states == {"k0": "DONE", "k1": "DONE", "k2": "DONE"}  # k3..k5: nothing left
+
+
+def test_effect_results_are_encrypted_and_redacted_in_listings(make_store, cont, clock):
+    import base64
+
+    cipher = jobstate.Cipher(lambda t: base64.b64encode(t[::-1].encode()).decode(),
+                             lambda t: base64.b64decode(t).decode()[::-1])
+    store = make_store(cipher=cipher)
+    app = jobstate.App(store, cont)
+
+    @app.job("secret-result")
+    def secret_result(ctx: jobstate.StepContext) -> Any:
+        run = ctx.once("start", lambda: {"run_id": SECRET})
+        again = ctx.once("start", lambda: {"run_id": "never"})
+        return ctx.complete({"same": run == again})
+
+    app.start("secret-result", None, job_id="enc-fx")
+    drain(app, cont)
+    assert store.get("enc-fx").result == {"same": True}
+    raw = store.call("get_item", Key={"pk": {"S": "JOB#enc-fx"}, "sk": {"S": "FX#start"}})
+    assert SECRET not in str(raw)
+    [shown] = jobstate.list_effects(store, "enc-fx")
+    assert shown["result"] == "***redacted***"
+    [revealed] = jobstate.list_effects(store, "enc-fx", secrets=True)
+    assert revealed["result"] == {"run_id": SECRET}
+    plain = jobstate.JobStore(store.table_name, endpoint_url=store.endpoint_url,
+                              region="us-east-1", clock=clock)
+    with pytest.raises(jobstate.TokensUnreadable, match="cipher"):
+        jobstate.list_effects(plain, "enc-fx", secrets=True)
+
+
+def test_effect_records_expire_after_the_deadline_and_move_on_resume(app, cont, store, clock):
+    @app.job("deadlined", deadline=3600, max_steps=3)
+    def deadlined(ctx: jobstate.StepContext) -> Any:
+        ctx.once(f"fx-{ctx.step}", lambda: 1)
+        return None
+
+    @app.job("forever", deadline=None)
+    def forever(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once("fx", lambda: 1))
+
+    app.start("deadlined", None, job_id="dl")
+    app.start("forever", None, job_id="nodl")
+    drain(app, cont)
+    job = store.get("dl")
+    assert job.status is JobStatus.FAILED  # its max_steps guard
+    ttl = {e["key"]: store.call("get_item", Key={"pk": {"S": "JOB#dl"},
+                                                 "sk": {"S": f"FX#{e['key']}"}})["Item"]
+           ["expires_at"]["N"] for e in jobstate.list_effects(store, "dl")}
+    assert set(ttl.values()) == {str(job.deadline_at // 1000 + store.retention_s)}
+    nodl = store.call("get_item", Key={"pk": {"S": "JOB#nodl"}, "sk": {"S": "FX#fx"}})["Item"]
+    assert "expires_at" not in nodl  # no deadline: the record outlives any retention
+    clock.advance(7200)
+    resumed = store.resume("dl", max_steps=10, deadline_s=30 * 86400)
+    for key in ttl:
+        item = store.call("get_item", Key={"pk": {"S": "JOB#dl"},
+                                           "sk": {"S": f"FX#{key}"}})["Item"]
+        assert int(item["expires_at"]["N"]) == resumed.deadline_at // 1000 + store.retention_s
+
+
+def test_an_effect_is_not_settled_by_hand_while_a_step_holds_the_job(app, cont, store, clock):
+    @app.job("busy")
+    def busy(ctx: jobstate.StepContext) -> Any:
+        with pytest.raises(jobstate.InvalidInput, match="is running"):
+            jobstate.mark_effect(store, ctx.job_id, "k", done=True)
+        return ctx.complete(None)
+
+    app.start("busy", None, job_id="busy")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get("busy").status is JobStatus.SUCCEEDED
