@@ -20,6 +20,7 @@ from .errors import (
     InvalidInput,
     InvalidStepResult,
     JobCancelled,
+    JobNotFound,
     JobStateError,
     LeaseLost,
     StateNotSerializable,
@@ -29,7 +30,7 @@ from .errors import (
 from .protocol import Lease, State
 from .retry import RetryPolicy
 from .status import ClaimOutcome, JobStatus
-from .store import JobStore, Limits
+from .store import JobStore, Limits, routing
 from .timebudget import TimeBudget
 
 StepFn = Callable[[StepContext], Any]
@@ -207,14 +208,26 @@ class App:
         job_id = codec.validate_job_id(body["job_id"])
         step = body["step"]
         job_type = body.get("job_type")
-        if isinstance(job_type, str):
-            self.spec(job_type)  # unknown type: fail before any write
-            for t in (job_type, body.get("parent_type")):
-                if isinstance(t, str) and self.store.is_paused(t):
-                    report = StepReport(job_id, step, ClaimOutcome.PAUSED.value,
-                                        f"job type {t!r} is paused; left due for the sweeper")
-                    self._emit(report, job_type)
-                    return report
+        ancestors = list(body.get("ancestors") or ())
+        if body.get("parent_type") and body["parent_type"] not in ancestors:
+            ancestors.append(body["parent_type"])  # an event from before `ancestors`
+        if not isinstance(job_type, str):
+            # An event written by hand names only the job: one read tells its type, so an
+            # unknown or paused type is refused before anything is written.
+            raw = self.store.get_raw(job_id)
+            if raw is None:
+                raise JobNotFound(
+                    f"no job {job_id!r} in table {self.store.table_name!r}: the event names a "
+                    "job that does not exist (wrong table, or it expired).", job_id=job_id)
+            known = self.store.view(raw, secrets=False)
+            job_type, ancestors = known.job_type, list(known.ancestors)
+        self.spec(job_type)  # unknown type: fail before any write
+        for t in (*ancestors, job_type):
+            if self.store.is_paused(t):
+                report = StepReport(job_id, step, ClaimOutcome.PAUSED.value,
+                                    f"job type {t!r} is paused; left due for the sweeper")
+                self._emit(report, job_type)
+                return report
         started = time.monotonic()
         deadline = self._deadline_ms(context)
         request_id = str(getattr(context, "aws_request_id", None) or uuid.uuid4())
@@ -266,6 +279,8 @@ class App:
                 protocol.finish(self.store, lease, state, JobStatus.FAILED, error=verdict,
                                 extra_actions=self._join_actions(lease, "FAILED", None,
                                                                  verdict))
+            except JobCancelled as exc:
+                return self._cancelled(lease, exc), None
             except LeaseLost as exc:
                 return self._done(lease, "lease_lost", str(exc), None), None
             self._after_terminal(lease, context)
@@ -279,7 +294,7 @@ class App:
         except Suspend as s:
             returned = s.wait
         except JobCancelled as exc:
-            return self._done(lease, "cancelled", str(exc), JobStatus.CANCELLED), None
+            return self._cancelled(lease, exc), None
         except LeaseLost as exc:
             return self._done(lease, "lease_lost", str(exc), None), None
         except Exception as exc:
@@ -314,12 +329,13 @@ class App:
                 self._after_terminal(lease, context)
                 return self._done(lease, "completed", "", JobStatus.SUCCEEDED), None
             if isinstance(returned, Failed):
+                reason = codec.scrub(returned.reason, ctx.tokens, lease.job.tokens)
                 protocol.finish(self.store, lease, state, JobStatus.FAILED,
-                                error=returned.reason, advance=True,
+                                error=reason, advance=True,
                                 extra_actions=self._join_actions(lease, "FAILED", None,
-                                                                 returned.reason))
+                                                                 reason))
                 self._after_terminal(lease, context)
-                return self._done(lease, "failed", returned.reason, JobStatus.FAILED), None
+                return self._done(lease, "failed", reason, JobStatus.FAILED), None
             if isinstance(returned, Spawned):
                 nxt, ready = commit_spawn(self.store, lease, state, returned)
                 faults.point("after_commit", job_id=lease.job_id, step=lease.step)
@@ -334,7 +350,7 @@ class App:
                                   nxt), None
             nxt = protocol.commit(self.store, lease, state)
         except JobCancelled as exc:
-            return self._done(lease, "cancelled", str(exc), JobStatus.CANCELLED), None
+            return self._cancelled(lease, exc), None
         except LeaseLost as exc:
             return self._done(lease, "lease_lost", str(exc), None), None
         faults.point("after_commit", job_id=lease.job_id, step=lease.step)
@@ -342,6 +358,10 @@ class App:
                                   **_routing(lease)), context)
         faults.point("after_dispatch", job_id=lease.job_id, step=lease.step)
         return self._done(lease, "committed", "", JobStatus.RUNNING, nxt), None
+
+    def _cancelled(self, lease: Lease, exc: JobCancelled) -> StepReport:
+        protocol.release_cancelled(self.store, lease)
+        return self._done(lease, "cancelled", str(exc), JobStatus.CANCELLED)
 
     def _failed(self, spec: JobSpec, lease: Lease, ctx: StepContext,
                 exc: BaseException) -> tuple[StepReport, int | None]:
@@ -355,6 +375,7 @@ class App:
                 exc, JobStateError
             ):
                 message = f"step {lease.step} failed {attempt} times; last error {message}"
+        message = codec.scrub(message, ctx.tokens, lease.job.tokens)
         try:
             if retry_in is None:
                 # state None: keep the last checkpoint, not the claim's copy.
@@ -368,6 +389,8 @@ class App:
                     raise exc
                 return report, None
             protocol.fail_attempt(self.store, lease, message, retry_in_ms=retry_in)
+        except JobCancelled as e:
+            return self._cancelled(lease, e), None
         except LeaseLost as e:
             return self._done(lease, "lease_lost", str(e), None), None
         report = self._done(lease, "retry_scheduled", message, JobStatus.RUNNING)
@@ -381,11 +404,10 @@ class App:
         now = self.clock.now_ms()
         if job.max_steps is not None and lease.step >= job.max_steps:
             return (f"runaway guard: the job reached max_steps={job.max_steps} without "
-                    "completing; check its stop condition, or raise max_steps and "
-                    "`jobstate resume` it.")
+                    "completing; check its stop condition, or give it more steps with "
+                    f"`jobstate resume {job.job_id} --max-steps N`.")
         if job.deadline_at is not None and now > job.deadline_at:
-            return (f"runaway guard: the job passed its deadline ({job.deadline_at} ms epoch) "
-                    "without completing; raise deadline= or `jobstate resume` it.")
+            return deadline_reason(job)
         return None
 
     def _join_actions(self, lease: Lease, status: str, result_json: str | None,
@@ -426,9 +448,15 @@ class App:
             hook(report.outcome, {"job_type": job_type, **report.to_dict()})
 
 
+def deadline_reason(job: Any) -> str:
+    return (f"runaway guard: the job passed its deadline ({job.deadline_at} ms epoch) without "
+            f"completing; give it more time with `jobstate resume {job.job_id} --deadline "
+            "SECONDS` (or raise deadline= for new jobs).")
+
+
 def _routing(lease: Lease) -> dict[str, Any]:
-    # Children carry their parent's type so a paused parent type pauses them too.
-    return {"parent_type": lease.job.parent_type} if lease.job.parent_type else {}
+    # Children carry their ancestors' types so pausing any of them pauses the child too.
+    return routing(lease.job)
 
 
 def _parse_event(event: Any) -> dict[str, Any]:
@@ -453,9 +481,15 @@ def _parse_event(event: Any) -> dict[str, Any]:
         codec.validate_job_id(job_id)
     except InvalidInput as exc:
         raise InvalidEvent(f"jobstate event: {exc}") from None
-    jt = body.get("job_type")
-    if jt is not None and not isinstance(jt, str):
-        raise InvalidEvent(f"jobstate event 'job_type' must be a string, got {jt!r:.80}.")
+    for name in ("job_type", "parent_type"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidEvent(f"jobstate event {name!r} must be a string, got {value!r:.80}.")
+    anc = body.get("ancestors")
+    if anc is not None and (not isinstance(anc, list) or len(anc) > 64
+                            or not all(isinstance(t, str) for t in anc)):
+        raise InvalidEvent(f"jobstate event 'ancestors' must be a list of job type strings, "
+                           f"got {anc!r:.80}.")
     return body
 
 

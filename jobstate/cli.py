@@ -42,7 +42,7 @@ from .fanout import cancel_tree, rollup
 from .records import JobView
 from .records import Progress as JobProgress
 from .status import JobStatus
-from .store import JobStore
+from .store import JobStore, routing
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -146,6 +146,14 @@ def when(ms: int | None) -> str:
 
 def fail(message: str) -> NoReturn:
     raise CliError(message)
+
+
+def resume_limits(fn: F) -> F:
+    fn = click.option("--deadline", type=click.FloatRange(min=1), default=None,
+                      help="Job only: a new deadline, in seconds from now.")(fn)
+    return click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                        help="Job only: raise its max_steps guard (it failed that guard?)."
+                        )(fn)
 
 
 def lambda_options(f: F) -> F:
@@ -415,21 +423,33 @@ def pause(as_json: bool, job_type: str, reason: str) -> None:
 @click.option("--type", "kind", flag_value="type", help="TARGET is a job type.")
 @click.option("--function", "function_name", default=None,
               help="Job only: invoke this Lambda function for its step now.")
+@resume_limits
 @lambda_options
 def resume(as_json: bool, target: str, kind: str | None, function_name: str | None,
+           max_steps: int | None, deadline: float | None,
            lambda_endpoint_url: str | None) -> None:
-    """Resume a paused job TYPE (or a failed/cancelled job: a TARGET that is a job id)."""
+    """Resume a paused job TYPE, or a failed/cancelled job (TARGET is a job id)."""
     store = settings().store()
     if kind is None:
-        kind = "job" if store.get_raw(target) is not None else "type"
+        if store.get_raw(target) is not None:
+            kind = "job"
+        elif store.is_paused(target, fresh=True):
+            kind = "type"
+        else:
+            raise CliError(f"no job {target!r} and no paused job type {target!r} in table "
+                           f"{store.table_name!r}; check the name (or say --job / --type).")
     if kind == "job":
-        _resume_job(store, target, function_name, lambda_endpoint_url, as_json)
+        _resume_job(store, target, function_name, lambda_endpoint_url, as_json,
+                    max_steps=max_steps, deadline_s=deadline)
         return
-    store.set_paused(target, False)
+    if max_steps is not None or deadline is not None:
+        raise CliError("--max-steps and --deadline apply to a job, not to a job type.")
+    woken = store.set_paused(target, False)
     if as_json:
-        emit({"job_type": target, "paused": False})
+        emit({"job_type": target, "paused": False, "due_now": woken})
     else:
-        out.print(f"resumed {target}: the sweeper dispatches its due jobs on its next run")
+        out.print(f"resumed {target}: {woken} of its jobs are due now; the sweeper "
+                  "dispatches them on its next run")
 
 
 @cli.command("resume-job")
@@ -438,21 +458,23 @@ def resume(as_json: bool, target: str, kind: str | None, function_name: str | No
 @click.argument("job_id")
 @click.option("--function", "function_name", default=None,
               help="Invoke this Lambda function for the job's step now.")
+@resume_limits
 @lambda_options
-def resume_job(as_json: bool, job_id: str, function_name: str | None,
-               lambda_endpoint_url: str | None) -> None:
+def resume_job(as_json: bool, job_id: str, function_name: str | None, max_steps: int | None,
+               deadline: float | None, lambda_endpoint_url: str | None) -> None:
     """Make a FAILED or CANCELLED job runnable again from its last committed step."""
-    _resume_job(settings().store(), job_id, function_name, lambda_endpoint_url, as_json)
+    _resume_job(settings().store(), job_id, function_name, lambda_endpoint_url, as_json,
+                max_steps=max_steps, deadline_s=deadline)
 
 
 def _resume_job(store: JobStore, job_id: str, function_name: str | None,
-                lambda_endpoint_url: str | None, as_json: bool) -> None:
-    view = store.resume(job_id)
+                lambda_endpoint_url: str | None, as_json: bool, *,
+                max_steps: int | None = None, deadline_s: float | None = None) -> None:
+    view = store.resume(job_id, max_steps=max_steps, deadline_s=deadline_s)
     dispatched = False
     if function_name:
-        extra = {"parent_type": view.parent_type} if view.parent_type else {}
         continuation(function_name, lambda_endpoint_url).dispatch(
-            step_event(view.job_id, view.step, view.job_type, **extra))
+            step_event(view.job_id, view.step, view.job_type, **routing(view)))
         dispatched = True
     if as_json:
         emit({"job": view.to_dict(), "dispatched": dispatched})
@@ -480,10 +502,10 @@ def effect_list(as_json: bool, job_id: str) -> None:
     if as_json:
         emit(items)
         return
-    table = Table("key", "state", "step", "runs", "result")
+    table = Table("key", "state", "step", "runs", "last error", "result")
     for e in items:
         table.add_row(e["key"], str(e["state"]), str(e["step"]), str(e["runs"]),
-                      json.dumps(e["result"])[:80])
+                      e["last_error"] or "", json.dumps(e["result"])[:80])
     out.print(table if items else f"no effects recorded for {job_id}")
 
 

@@ -149,6 +149,37 @@ class Cipher:
     decrypt: Callable[[str], str]
 
 
+MIN_SCRUB_CHARS = 4  # shorter token values ("1", "ok") would blank ordinary words
+
+
+def _secret_strings(value: Any, out: set[str], depth: int = 0) -> None:
+    if depth > 32:
+        return
+    if isinstance(value, str):
+        if len(value) >= MIN_SCRUB_CHARS:
+            out.add(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _secret_strings(v, out, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _secret_strings(v, out, depth + 1)
+
+
+def scrub(text: str, *secrets: Any) -> str:
+    """`text` with every string value found in `secrets` (tokens) replaced by a marker.
+
+    Error messages are stored on the job and logged; an exception raised by user code
+    can quote a token (a URL with a job id, say), so it is scrubbed first.
+    """
+    found: set[str] = set()
+    for s in secrets:
+        _secret_strings(s, found)
+    for value in sorted(found, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
 def redact(value: Any) -> Any:
     """Replace every leaf of a tokens mapping with a marker, keeping its keys visible."""
     if isinstance(value, dict):

@@ -227,7 +227,8 @@ class StepContext:
             if timeout_s is not None and now - state["since"] > timeout_s * 1000:
                 raise PollTimedOut(
                     f"poll {name!r} of job {self.job_id!r} did not finish within {timeout_s}s "
-                    f"({state['n']} checks); last value {value!r:.200}",
+                    f"({state['n']} checks; the last value is not shown: it may hold a "
+                    "token)",
                     job_id=self.job_id,
                 )
             delay_ms = tenacity_delay_ms(strategy, state["n"])

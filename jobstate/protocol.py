@@ -117,8 +117,14 @@ def claim(
     except ClientError as exc:
         if error_code(exc) != CONDITION_FAILED:
             raise
-        return _why_not(store, job_id, step, old_item(exc), now)
-    raw = resp["Attributes"]
+        raw = old_item(exc)
+        if not _is_mine(raw, owner, step):
+            return _why_not(store, job_id, step, raw, now)
+        # botocore retried a claim whose first attempt was applied (its response was
+        # lost): the record already names this invocation, so the claim is ours.
+    else:
+        raw = resp["Attributes"]
+    assert raw is not None
     try:
         job = store.view(raw)
     except TokensUnreadable as exc:
@@ -129,6 +135,12 @@ def claim(
                   takeover)
     outcome = ClaimOutcome.TAKEOVER if takeover else ClaimOutcome.CLAIMED
     return ClaimResult(outcome, lease, job, f"took over from {prev}" if prev != NO_OWNER else "")
+
+
+def _is_mine(raw: dict[str, Any] | None, owner: str, step: int) -> bool:
+    return (raw is not None and raw.get("lease_owner", {}).get("S") == owner
+            and raw.get("step", {}).get("N") == str(step)
+            and raw.get("status", {}).get("S") == JobStatus.RUNNING.value)
 
 
 def _park_unreadable(store: JobStore, raw: dict[str, Any], step: int, owner: str,
@@ -463,6 +475,23 @@ def fail_attempt(
     transact(store, lease, [action, {"Put": {"TableName": store.table_name, "Item": hist}}],
              "failure record")
     return status
+
+
+def release_cancelled(store: JobStore, lease: Lease) -> None:
+    """The job was cancelled under this step: drop our lease, so a `resume` can run the
+    job at once instead of waiting for the lease to expire. Best effort (conditional)."""
+    try:
+        store.call(
+            "update_item", Key=_job_key(lease.job_id),
+            UpdateExpression="REMOVE lease_owner, lease_expires_at",
+            ConditionExpression="lease_owner = :me AND #status = :cancelled",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":me": av(lease.owner),
+                                       ":cancelled": av(JobStatus.CANCELLED.value)},
+        )
+    except ClientError as exc:
+        if error_code(exc) != CONDITION_FAILED:
+            raise
 
 
 def release(store: JobStore, lease: Lease) -> None:

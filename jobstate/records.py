@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +63,16 @@ class JobView:
     child_index: int | None = None
     release_id: str | None = None
     parent_type: str | None = None
+    ancestors: tuple[str, ...] = ()  # job types of its parent, grandparent, ... (root first)
     spawn_step: int | None = None
     child_type: str | None = None
     child_policy: str | None = None
     child_ids: list[str] | None = None
+
+    @property
+    def pause_types(self) -> tuple[str, ...]:
+        """Pausing any of these types pauses this job (its own, and every ancestor's)."""
+        return (*self.ancestors, self.job_type)
 
     @property
     def finished(self) -> bool:
@@ -153,3 +160,9 @@ class Page:
 
     jobs: list[JobView]
     next_token: str | None
+
+    def __iter__(self) -> Iterator[JobView]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)

@@ -35,7 +35,7 @@ DUE_INDEX = "due"
 LIST_SHARDS = 8
 DUE_SHARDS = 8
 DUE_INCLUDED = ["job_type", "status", "step", "lease_expires_at", "deadline_at", "pending",
-                "parent_type", "wait_reason"]
+                "parent_type", "ancestors", "wait_reason"]
 
 
 def job_pk(job_id: str) -> str:
@@ -144,6 +144,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         child_index = NumberAttribute(null=True)
         release_id = UnicodeAttribute(null=True)
         parent_type = UnicodeAttribute(null=True)
+        ancestors = UnicodeAttribute(null=True)  # JSON list of ancestor job types, root first
         spawn_step = NumberAttribute(null=True)
         child_type = UnicodeAttribute(null=True)
         child_policy = UnicodeAttribute(null=True)

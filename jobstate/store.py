@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import builtins
 import json
+import math
 import os
 import threading
 import uuid
@@ -58,12 +59,14 @@ class Limits:
     deadline_s: float | None = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+        if (not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool)
+                or self.max_steps < 1):
             raise InvalidInput(f"max_steps must be a positive int, got {self.max_steps!r}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise InvalidInput(f"max_attempts must be a positive int, got {self.max_attempts!r}")
         if self.deadline_s is not None and (
-            not isinstance(self.deadline_s, int | float) or self.deadline_s <= 0
+            not isinstance(self.deadline_s, int | float) or isinstance(self.deadline_s, bool)
+            or not math.isfinite(self.deadline_s) or self.deadline_s <= 0
         ):
             raise InvalidInput(
                 f"deadline must be a positive number of seconds or None, got {self.deadline_s!r}"
@@ -305,6 +308,7 @@ class JobStore:
             child_index=n(m.child_index),
             release_id=m.release_id,
             parent_type=m.parent_type,
+            ancestors=_ancestors(m.ancestors, m.parent_type),
             spawn_step=n(m.spawn_step),
             child_type=m.child_type,
             child_policy=m.child_policy,
@@ -374,7 +378,7 @@ class JobStore:
         """
         if job_type is not None:
             codec.validate_job_type(job_type)
-        st = JobStatus(status) if status is not None else None
+        st = parse_status(status)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be an int from 1 to 1000, got {limit!r}")
         starts = _decode_token(next_token)
@@ -550,11 +554,13 @@ class JobStore:
         *,
         history: bool = False,
         cursor: dict[str, Any] | None = None,
+        _purged: bool = False,
     ) -> tuple[JobView, bool]:
         """Create a PENDING job at step 0. Returns (job, created).
 
         Idempotent for a given job id: the same type and input return the existing job
-        (created=False); a different type or input raises JobConflict.
+        (created=False); a different type or input raises JobConflict. An id whose job
+        finished and expired (retention passed) names a new job.
         """
         job_id, item = self.new_job_item(
             job_type, input, job_id, limits or Limits(), history=history, cursor=cursor
@@ -569,7 +575,14 @@ class JobStore:
         except ClientError as exc:
             if error_code(exc) != CONDITION_FAILED:
                 raise
-            existing = old_item(exc) or self.get_raw(job_id)
+            existing = old_item(exc)
+            if existing is not None and self._expired(existing) and not _purged:
+                # Expired (TTL deletes late): that job is gone; clear what is left of it
+                # (its effect records must not answer for the new job) and create anew.
+                self._purge_expired(job_id, existing)
+                return self.create(job_type, input, job_id, limits, history=history,
+                                   cursor=cursor, _purged=True)
+            existing = existing or self.get_raw(job_id)
             if existing is None:  # expired copy raced with us: treat as a conflict to retry
                 raise JobConflict(
                     f"job {job_id!r} exists but could not be read back; retry.", job_id=job_id
@@ -584,12 +597,47 @@ class JobStore:
             return self.view(existing, secrets=False), False
         return self.view(item, secrets=False), True
 
+    def _purge_expired(self, job_id: str, old: dict[str, Any]) -> None:
+        """Delete what is left of a finished job whose record expired (TTL deletes late).
+
+        Each delete is conditional, so a job re-created with this id meanwhile loses
+        nothing: the job item only while it is still expired, every other item only if it
+        predates the old job's last write.
+        """
+        now_s = self.clock.now_ms() // 1000
+        cut = int(old.get("updated_at", {}).get("N", "0"))
+        newer = " AND ".join(f"NOT (attribute_exists({a}) AND {a} > :cut)"
+                             for a in ("started_at", "ended_at", "joined_at", "done_at"))
+        kw: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": av(schema.job_pk(job_id))},
+            "ProjectionExpression": "pk, sk", "ConsistentRead": True,
+        }
+        while True:
+            resp = self.call("query", **kw)
+            for item in resp.get("Items", []):
+                if item["sk"]["S"] == schema.JOB_SK:
+                    cond = "attribute_exists(expires_at) AND expires_at < :now"
+                    values = {":now": av(now_s)}
+                else:
+                    cond, values = newer, {":cut": av(cut)}
+                try:
+                    self.call("delete_item", Key={"pk": item["pk"], "sk": item["sk"]},
+                              ConditionExpression=cond, ExpressionAttributeValues=values)
+                except ClientError as exc:
+                    if error_code(exc) != CONDITION_FAILED:
+                        raise
+            if "LastEvaluatedKey" not in resp:
+                return
+            kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     def cancel(self, job_id: str, reason: str = "cancelled by operator") -> JobView:
         """Cancel a job: its next claim (or its running step's commit) sees it and stops.
 
         Cancelling an already-cancelled job is a no-op; a finished job raises JobFinished.
         """
         codec.validate_job_id(job_id)
+        reason = validate_reason(reason)
         now = self.clock.now_ms()
         raw = self.get_raw(job_id)
         if raw is None:
@@ -659,13 +707,19 @@ class JobStore:
             job_id=job_id,
         )
 
-    def resume(self, job_id: str) -> JobView:
+    def resume(self, job_id: str, *, max_steps: int | None = None,
+               deadline_s: float | None = None) -> JobView:
         """Make a FAILED or CANCELLED job runnable again from its last committed step.
 
-        The attempt budget starts afresh; the job becomes due now, so the caller (or the
-        sweeper) dispatches its step.
+        The attempt budget starts afresh and the job becomes due now, so the caller (or the
+        sweeper) dispatches its step. `max_steps` raises the job's step guard (a job that
+        failed it needs a larger one); `deadline_s` gives it a new deadline from now (a
+        job past its deadline otherwise gets a fresh window as long as its first). The
+        effect records' expiry moves with the deadline.
         """
         codec.validate_job_id(job_id)
+        if max_steps is not None or deadline_s is not None:
+            Limits(max_steps=max_steps or 1, deadline_s=deadline_s)  # validates both
         raw = self.get_raw(job_id)
         if raw is None:
             raise JobNotFound(f"no job {job_id!r} to resume.", job_id=job_id)
@@ -675,6 +729,20 @@ class JobStore:
         if view.status == JobStatus.SUCCEEDED:
             raise JobFinished(f"job {job_id!r} succeeded; there is nothing to resume.",
                               job_id=job_id)
+        guard = view.max_steps
+        if max_steps is not None:
+            if max_steps <= view.step:
+                raise InvalidInput(
+                    f"max_steps={max_steps} would stop job {job_id!r} again at once: it is at "
+                    f"step {view.step}; pass a larger one."
+                )
+            guard = max_steps
+        elif guard is not None and view.step >= guard:
+            raise InvalidInput(
+                f"job {job_id!r} is at step {view.step}, its max_steps guard ({guard}); "
+                "resuming it as is would fail it again. Pass a larger max_steps "
+                "(`jobstate resume JOB --max-steps N`) if its stop condition is right."
+            )
         now = self.clock.now_ms()
         upd = (
             Update()
@@ -689,10 +757,17 @@ class JobStore:
             .where("#status = :old")
         )
         upd.values[":old"] = av(view.status.value)
-        if view.deadline_at is not None and view.deadline_at <= now:
+        if guard is not None and guard != view.max_steps:
+            upd.set("max_steps", guard)
+        deadline = view.deadline_at
+        if deadline_s is not None:
+            deadline = now + int(deadline_s * 1000)
+        elif view.deadline_at is not None and view.deadline_at <= now:
             # A resumed job gets a fresh deadline window of the same length.
             span = view.deadline_at - (view.created_at or now)
-            upd.set("deadline_at", now + max(span, 60_000))
+            deadline = now + max(span, 60_000)
+        if deadline != view.deadline_at:
+            upd.set("deadline_at", deadline)
         try:
             resp = self.call("update_item", Key=_job_key(job_id), ReturnValues="ALL_NEW",
                              **upd.kwargs())
@@ -700,12 +775,23 @@ class JobStore:
             if error_code(exc) != CONDITION_FAILED:
                 raise
             return self.get(job_id)
+        if deadline != view.deadline_at:
+            from .effects import extend_expiry
+
+            extend_expiry(self, job_id, deadline)
         return self.view(resp["Attributes"], secrets=False)
 
     # -- pause / resume a job type ------------------------------------------------------------
 
-    def set_paused(self, job_type: str, paused: bool, reason: str = "") -> None:
+    def set_paused(self, job_type: str, paused: bool, reason: str = "") -> int:
+        """Pause or resume a job type. Resuming makes its jobs (and their children, which
+        a paused ancestor paused too) due now, so the next sweep dispatches them.
+
+        Returns how many jobs were made due (0 when pausing).
+        """
         codec.validate_job_type(job_type)
+        if reason:
+            validate_reason(reason)
         item = {
             "pk": av(schema.type_pk(job_type)),
             "sk": av(schema.CONTROL_SK),
@@ -716,6 +802,59 @@ class JobStore:
         self.call("put_item", Item=item)
         with self._lock:
             self._pause_cache[job_type] = (self.clock.now_ms() + self.pause_cache_ms, paused)
+        return 0 if paused else self._wake_type(job_type)
+
+    def _wake_type(self, job_type: str) -> int:
+        """Make every ready, unleased job of the type, and of its job trees, due now."""
+        ids: list[str] = []
+        for shard in range(schema.LIST_SHARDS):
+            kw: dict[str, Any] = {
+                "IndexName": schema.LIST_INDEX,
+                "KeyConditionExpression": "lk = :lk AND begins_with(ls, :p)",
+                "ExpressionAttributeValues": {":lk": av(f"L#{shard}"),
+                                              ":p": av(f"{job_type}#{ACTIVE}#")},
+            }
+            while True:
+                resp = self.call("query", **kw)
+                ids.extend(item["pk"]["S"].removeprefix("JOB#") for item in resp["Items"])
+                if "LastEvaluatedKey" not in resp:
+                    break
+                kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return self._wake(ids, seen=set())
+
+    def _wake(self, ids: builtins.list[str], *, seen: set[str]) -> int:
+        from .fanout import child_ids_of
+
+        now = self.clock.now_ms()
+        woken = 0
+        todo = [i for i in dict.fromkeys(ids) if i not in seen]
+        seen.update(todo)
+        children: builtins.list[str] = []
+        for raw in self.batch_get_raw([_job_key(i) for i in todo]):
+            view = self.view(raw, secrets=False)
+            if view.status.terminal:
+                continue
+            if view.children_total and view.status == JobStatus.WAITING:
+                children.extend(child_ids_of(view))  # paused with their ancestor
+            try:
+                self.call(
+                    "update_item", Key=_job_key(view.job_id),
+                    UpdateExpression="SET due_at = :now, dk = :dk",
+                    ConditionExpression=(
+                        "attribute_exists(due_at) AND due_at > :now AND "
+                        "attribute_not_exists(lease_owner) AND "
+                        "(attribute_not_exists(not_before) OR not_before <= :now) AND "
+                        "(attribute_not_exists(pending) OR pending <= :zero)"),
+                    ExpressionAttributeValues={":now": av(now), ":zero": av(0),
+                                               ":dk": av(schema.due_hash(view.job_id))},
+                )
+                woken += 1
+            except ClientError as exc:
+                if error_code(exc) != CONDITION_FAILED:
+                    raise
+        if children:
+            woken += self._wake(children, seen=seen)
+        return woken
 
     def is_paused(self, job_type: str, *, fresh: bool = False) -> bool:
         """Whether the type is paused; cached per container for `pause_cache_s`."""
@@ -727,7 +866,8 @@ class JobStore:
         resp = self.call(
             "get_item",
             Key={"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)},
-            ConsistentRead=True,
+            # A kill switch may take a second to be seen: half the price of a strong read.
+            ConsistentRead=fresh,
         )
         paused = bool(resp.get("Item", {}).get("paused", {}).get("BOOL", False))
         with self._lock:
@@ -753,6 +893,42 @@ class JobStore:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+MAX_REASON_CHARS = 1000
+
+
+def validate_reason(reason: object) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput(f"a cancel reason must be a non-empty string, got {reason!r:.80}")
+    if len(reason) > MAX_REASON_CHARS:
+        raise InvalidInput(f"a cancel reason is at most {MAX_REASON_CHARS} characters, got "
+                           f"{len(reason)}; keep it to a sentence.")
+    return reason
+
+
+def parse_status(status: JobStatus | str | None) -> JobStatus | None:
+    if status is None:
+        return None
+    try:
+        return JobStatus(status)
+    except ValueError:
+        names = ", ".join(s.value for s in JobStatus)
+        raise InvalidInput(f"status must be one of {names}, got {status!r:.40}") from None
+
+
+def _ancestors(text: str | None, parent_type: str | None) -> tuple[str, ...]:
+    value = codec.loads(text, None)
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return tuple(value)
+    return (parent_type,) if parent_type else ()
+
+
+def routing(job: JobView) -> dict[str, Any]:
+    """Event fields that let a step's type (and its ancestors' types) pause it unread."""
+    if not job.ancestors:
+        return {}
+    return {"parent_type": job.ancestors[-1], "ancestors": list(job.ancestors)}
 
 
 def _job_key(job_id: str) -> dict[str, Any]:

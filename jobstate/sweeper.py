@@ -25,9 +25,12 @@ from .dynamo import CONDITION_FAILED, av, error_code
 from .errors import DispatchFailed, InvalidInput, JobNotFound, LeaseLost
 from .protocol import State
 from .status import JobStatus
-from .store import JobStore, _job_key
+from .store import JobStore, _ancestors, _job_key
 
 CHILD_RECHECK_MS = 15 * 60 * 1000
+# A paused job is looked at again this much later, so a paused backlog never fills a
+# sweep's budget; resuming the type makes its jobs due at once (`JobStore.set_paused`).
+PAUSED_RECHECK_MS = 5 * 60 * 1000
 RECURSION_HOPS = 16
 
 
@@ -45,6 +48,7 @@ class SweepReport:
     waiting_children: int = 0
     raced: int = 0
     dispatch_errors: int = 0
+    cleaned: int = 0  # finished jobs left in the due index (a late join), taken out
     next_token: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,10 +105,14 @@ def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], n
     step = int(item.get("step", {}).get("N", "0"))
     job_type = item.get("job_type", {}).get("S", "")
     parent_type = item.get("parent_type", {}).get("S")
+    ancestors = _ancestors(item.get("ancestors", {}).get("S"), parent_type)
     due_at = int(item["due_at"]["N"])
     if status in {s.value for s in JobStatus if s.terminal}:
+        if _undue(store, job_id, status):
+            report.cleaned += 1
         return
-    if any(t and store.is_paused(t) for t in (job_type, parent_type)):
+    if any(store.is_paused(t) for t in (*ancestors, job_type) if t):
+        _bump(store, job_id, step, due_at, now + PAUSED_RECHECK_MS)
         report.paused += 1
         return
     if int(item.get("pending", {}).get("N", "0")) > 0:
@@ -140,7 +148,7 @@ def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], n
                     f"{RECURSION_HOPS} steps, Lambda's recursive loop detection is dropping "
                     "the chain: set RecursiveLoop: Allow on the function (the template does)."),
         )
-    extra = {"parent_type": parent_type} if parent_type else {}
+    extra = {"parent_type": ancestors[-1], "ancestors": list(ancestors)} if ancestors else {}
     try:
         continuation.dispatch(step_event(job_id, step, job_type, **extra), context=context)
     except DispatchFailed as exc:
@@ -170,6 +178,23 @@ def _bump(store: JobStore, job_id: str, step: int, old_due: int, new_due: int) -
         return False
 
 
+def _undue(store: JobStore, job_id: str, status: str) -> bool:
+    """Take a finished job out of the due index (a child's join after the parent was
+    cancelled puts it back); conditional on it still being finished."""
+    try:
+        store.call(
+            "update_item", Key=_job_key(job_id), UpdateExpression="REMOVE due_at, dk",
+            ConditionExpression="#status = :s",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":s": av(status)},
+        )
+        return True
+    except ClientError as exc:
+        if error_code(exc) != CONDITION_FAILED:
+            raise
+        return False
+
+
 def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
                         context: Any) -> bool:
     """Claim the job as the sweeper and fail it (joining its parent, if any)."""
@@ -182,8 +207,9 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
         return False
     lease = claim.lease
     job = lease.job
-    reason = (f"runaway guard: the job passed its deadline ({job.deadline_at} ms epoch) "
-              "without completing; raise deadline= or `jobstate resume` it.")
+    from .app import deadline_reason
+
+    reason = deadline_reason(job)
     state = State.encode(store, job.cursor, job.tokens, job.progress.to_dict())
     try:
         protocol.finish(store, lease, state, JobStatus.FAILED, error=reason,

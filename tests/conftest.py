@@ -137,6 +137,45 @@ def requests_log(store: jobstate.JobStore) -> RequestLog:
     return RequestLog(store)
 
 
+class LostResponse:
+    """Makes the next `operation` request apply twice, keeping only the second answer.
+
+    That is what botocore does when the response to an applied write is lost (a timeout,
+    a reset connection): it sends the same request again, and the retry meets the state
+    its own first attempt wrote. `with LostResponse(store, "update_item"): ...`
+    """
+
+    def __init__(self, store: jobstate.JobStore, operation: str, times: int = 1) -> None:
+        self.store, self.operation, self.left = store, operation, times
+        self.replayed = 0
+
+    def __enter__(self) -> LostResponse:
+        real = self.store.client
+
+        outer = self
+
+        class Proxy:
+            def __getattr__(self, name: str) -> Any:
+                attr = getattr(real, name)
+                if name != outer.operation or outer.left <= 0:
+                    return attr
+
+                def twice(**kwargs: Any) -> Any:
+                    outer.left -= 1
+                    outer.replayed += 1
+                    attr(**kwargs)  # applied; its response is "lost"
+                    return attr(**kwargs)
+
+                return twice
+
+        self._real = real
+        self.store._client = Proxy()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store._client = self._real
+
+
 def drain(app: jobstate.App, cont: jobstate.InMemoryContinuation,
           context: Any = None, limit: int = 10_000) -> list[dict[str, Any]]:
     """Deliver every dispatched event in order until none is left."""

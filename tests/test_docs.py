@@ -184,9 +184,12 @@ def test_api_signature_matches(name: str) -> None:
             actual.append(p.name)
     documented, _ = documented_params(m.group(1))
     assert set(documented) <= set(actual), f"{name}: documents {documented}, real {actual}"
-    required = [p.name for p in real.parameters.values() if p.default is p.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    assert set(required) <= set(documented), f"{name}: required {required} not documented"
+    # Every public parameter is in the signature block or named in the section's text
+    # (records list their many fields in prose), so a new option cannot go unmentioned.
+    mentioned = set(documented) | set(re.findall(r"`(\w+)`", section))
+    missing = [a for a in actual if not a.lstrip("*").startswith("_")
+               and a.lstrip("*") not in mentioned and a not in mentioned]
+    assert not missing, f"{name}: parameters not documented: {missing}"
 
 
 def test_api_member_references_exist() -> None:

@@ -437,3 +437,79 @@ def test_spawn_validates_before_writing(app, cont, store, clock):
     assert list(store.iter_jobs("chunk")) == []
     assert jobstate.chain_ranges(10, 3) == [(0, 4), (4, 7), (7, 10)]
     assert jobstate.chain_ranges(2, 5) == [(0, 1), (1, 2)]
+
+
+# -- pause through a tree, cancelled parents, re-run spawns ------------------------------------
+
+
+def register_tree(app: jobstate.App, ran: list[str]) -> None:
+    """root -> mid -> leaf, one child each."""
+    for name, child in (("root", "mid"), ("mid", "leaf")):
+        def step(ctx: jobstate.StepContext, child: str = child) -> Any:
+            if not ctx.cursor.get("spawned"):
+                ctx.cursor["spawned"] = True
+                ctx.spawn(child, [{}])
+            return ctx.complete(ctx.job_type)
+
+        app.job(name)(step)
+
+    @app.job("leaf")
+    def leaf(ctx: jobstate.StepContext) -> Any:
+        ran.append(ctx.job_id)
+        return ctx.complete("leaf")
+
+
+def test_pausing_the_root_type_pauses_grandchildren_and_resuming_wakes_them(
+        make_store, cont, clock):
+    store = make_store(pause_cache_s=0)
+    app = jobstate.App(store, cont)
+    ran: list[str] = []
+    register_tree(app, ran)
+    app.start("root", None, job_id="r")
+    ctx = FakeLambdaContext(clock)
+    app.handler(cont.pop_all()[0], ctx)  # root spawns mid
+    app.handler(cont.pop_all()[0], ctx)  # mid spawns leaf
+    store.set_paused("root", True)
+    [leaf_event] = cont.pop_all()
+    assert leaf_event["jobstate"]["ancestors"] == ["root", "mid"]
+    assert app.handler(leaf_event, ctx)["outcome"] == "paused" and ran == []
+    clock.advance(600)
+    assert jobstate.sweep(store, cont).dispatched == 0 and ran == []
+    assert store.set_paused("root", False) >= 1  # the leaf, two levels down, is due now
+    jobstate.sweep(store, cont)
+    drain(app, cont, ctx)
+    assert ran == ["r.s0.0.s0.0"] and store.get("r").status is JobStatus.SUCCEEDED
+
+
+def test_a_cancelled_parent_does_not_stay_in_the_due_index(app, cont, store, clock):
+    runs: list[int] = []
+    register_parent(app, runs, children=3)
+    register_chunk(app)
+    app.start("parent", None, job_id="cp")
+    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    assert jobstate.cancel_tree(store, "cp") == 4
+    clock.advance(3600)
+    first = jobstate.sweep(store, cont)
+    assert first.cleaned >= 1 and first.dispatched == 0
+    assert "dk" not in store.get_raw("cp")
+    assert jobstate.sweep(store, cont).scanned == 0  # nothing left to look at, ever
+
+
+def test_a_re_run_spawn_costs_a_few_requests_not_one_per_child(app, cont, store, clock):
+    from conftest import RequestLog
+
+    @app.job("wide")
+    def wide(ctx: jobstate.StepContext) -> Any:
+        ctx.spawn("chunk", [{"i": i} for i in range(300)], max_concurrency=5)
+
+    register_chunk(app)
+    app.start("wide", None, job_id="wide")
+    driver = Driver(app, cont, clock)
+    log = RequestLog(store)
+    driver.deliver(cont.pop_all()[0], crash_at="before_commit")  # children made, no commit
+    first = log.writes
+    driver.sweep()
+    log.reset()
+    driver.deliver(cont.pop_all()[0], crash_at="before_commit")  # the spawn runs again
+    assert log.writes <= 2 * first, (first, log.ops)
+    assert "PutItem" not in log.ops

@@ -194,8 +194,35 @@ def test_happy_path_costs_two_writes_zero_reads(app, cont, store, requests_log):
         (event,) = cont.pop_all()
         report = app.handler(event)
         per_step.append((report["outcome"], requests_log.writes, requests_log.reads))
-    assert per_step[:-1] == [("committed", 2, 0)] * 4
-    assert per_step[-1] == ("committed", 2, 0)
+    assert per_step == [("committed", 2, 0)] * 5
+    requests_log.reset()
+    (event,) = cont.pop_all()
+    assert app.handler(event)["outcome"] == "completed"
+    assert (requests_log.writes, requests_log.reads) == (2, 0)  # claim + completion
+
+
+def test_steps_longer_than_the_pause_cache_read_the_pause_flag_once(app, cont, store, clock,
+                                                                    requests_log):
+    # The per-type kill switch costs one eventually consistent GetItem per container per
+    # pause_cache_s (10 s), shared by every job of the type in that container.
+    @app.job("slow", max_steps=10)
+    def slow(ctx: jobstate.StepContext) -> Any:
+        clock.advance(11)
+        return ctx.complete(None) if ctx.step == 3 else None
+
+    seen: list[dict[str, Any]] = []
+    store.client.meta.events.register(
+        "provide-client-params.dynamodb.GetItem", lambda params, **_: seen.append(params))
+    app.start("slow", None, job_id="slow")
+    per_step = []
+    for _ in range(4):
+        requests_log.reset()
+        (event,) = cont.pop_all()
+        app.handler(event)
+        per_step.append((requests_log.writes, requests_log.reads))
+    assert per_step == [(2, 1)] * 4  # claim + commit (or completion) + the flag
+    assert all(p["Key"]["pk"] == {"S": "TYPE#slow"} and not p.get("ConsistentRead")
+               for p in seen)
 
 
 def test_create_is_idempotent_and_detects_conflicts(app, store):
@@ -280,3 +307,119 @@ def test_step_failure_retries_then_fails(app, cont, store, clock):
     job = store.get("fl")
     assert job.status is JobStatus.FAILED and "upstream 503" in (job.error or "")
     assert [h.event for h in store.history("fl")] == ["retry_scheduled", "failed"]
+
+
+# -- lost responses, hand-written events, resume, cancel under a running step ---------------
+
+
+def test_a_claim_retried_after_a_lost_response_is_ours(app, cont, store):
+    from conftest import LostResponse
+
+    calls: list[int] = []
+    register_counter(app, calls, k=1)
+    app.start("count", None, job_id="lost-claim")
+    event = cont.pop_all()[0]
+    with LostResponse(store, "update_item") as lost:  # only the claim: then it is spent
+        report = app.handler(event)
+    assert lost.replayed == 1
+    assert report["outcome"] == "committed" and calls == [0]
+    drain(app, cont)
+    assert store.get("lost-claim").status is JobStatus.SUCCEEDED
+
+
+def test_an_event_without_a_type_is_checked_before_anything_is_written(app, cont, store):
+    from conftest import RequestLog
+
+    calls: list[int] = []
+    register_counter(app, calls, k=2)
+    app.start("count", None, job_id="bare")
+    cont.pop_all()
+    bare = {"jobstate": {"job_id": "bare", "step": 0}}  # the design's minimal event
+    store.set_paused("count", True)
+    log = RequestLog(store)
+    assert app.handler(bare)["outcome"] == "paused"
+    assert log.writes == 0 and calls == []
+    store.set_paused("count", False)
+    assert app.handler(bare)["outcome"] == "committed" and calls == [0]
+
+    other = jobstate.App(store, jobstate.InMemoryContinuation())  # knows no "count" type
+    log.reset()
+    with pytest.raises(jobstate.UnknownJobType):
+        other.handler({"jobstate": {"job_id": "bare", "step": 1}})
+    assert log.writes == 0
+    with pytest.raises(jobstate.JobNotFound):
+        app.handler({"jobstate": {"job_id": "no-such-job", "step": 0}})
+
+
+def test_a_job_that_failed_max_steps_resumes_only_with_more_steps(app, cont, store):
+    @app.job("short", max_steps=3)
+    def short(ctx: jobstate.StepContext) -> Any:
+        if ctx.step >= 4:
+            return ctx.complete(ctx.step)
+        return None
+
+    app.start("short", None, job_id="short")
+    drain(app, cont)
+    job = store.get("short")
+    assert job.status is JobStatus.FAILED and "--max-steps" in (job.error or "")
+    with pytest.raises(jobstate.InvalidInput, match="max_steps"):
+        store.resume("short")  # it would fail the same guard at once
+    with pytest.raises(jobstate.InvalidInput, match="larger"):
+        store.resume("short", max_steps=3)
+    assert store.get("short").status is JobStatus.FAILED  # nothing written
+    store.resume("short", max_steps=10)
+    app.handler(jobstate.step_event("short", 3, "short"))
+    drain(app, cont)
+    job = store.get("short")
+    assert (job.status, job.result, job.max_steps) == (JobStatus.SUCCEEDED, 4, 10)
+
+
+def test_a_step_that_finds_its_job_cancelled_lets_go_of_the_lease(app, cont, store, clock):
+    runs: list[int] = []
+
+    @app.job("cancel-me")
+    def cancel_me(ctx: jobstate.StepContext) -> Any:
+        runs.append(ctx.step)
+        if len(runs) == 1:
+            store.cancel(ctx.job_id)  # from outside, while the step runs
+            return None
+        return ctx.complete("resumed")
+
+    app.start("cancel-me", None, job_id="cm")
+    assert app.handler(cont.pop_all()[0], FakeLambdaContext(clock))["outcome"] == "cancelled"
+    job = store.get("cm")
+    assert job.status is JobStatus.CANCELLED and job.lease_owner is None
+    store.resume("cm")
+    # No waiting for the cancelled step's lease to run out: the job runs at once.
+    report = app.handler(jobstate.step_event("cm", 0, "cancel-me"), FakeLambdaContext(clock))
+    assert report["outcome"] == "completed" and runs == [0, 0]
+
+
+def test_step_guards_and_listing_reject_bad_values_before_writing(store):
+    for bad in (float("inf"), float("nan"), 0, -1, True, "60"):
+        with pytest.raises(jobstate.InvalidInput):
+            jobstate.Limits(deadline_s=bad)
+    for bad in (0, True, 2.5):
+        with pytest.raises(jobstate.InvalidInput):
+            jobstate.Limits(max_steps=bad)
+    with pytest.raises(jobstate.InvalidInput, match="status must be one of"):
+        store.list(status="BOGUS")
+    page = store.list()
+    assert len(page) == 0 and list(page) == []
+
+
+def test_an_error_message_quoting_a_token_is_scrubbed_before_it_is_stored(app, cont, store,
+                                                                           clock):
+    token = "tok-7e1f-SECRET-run"
+
+    @app.job("leaky", retry=jobstate.RetryPolicy(max_attempts=1))
+    def leaky(ctx: jobstate.StepContext) -> Any:
+        ctx.tokens["run"] = token
+        raise ConnectionError(f"GET https://etl.example/jobs/{token}: connection reset")
+
+    app.start("leaky", None, job_id="leaky")
+    drain(app, cont, FakeLambdaContext(clock))
+    job = store.get("leaky")
+    assert job.status is JobStatus.FAILED
+    assert token not in (job.error or "") and "***redacted***" in (job.error or "")
+    assert "connection reset" in (job.error or "")

@@ -122,3 +122,37 @@ def test_history_is_written_for_every_step_when_enabled(app, cont, store):
     assert [(h.step, h.event) for h in store.history(jid)] == [(0, "committed"),
                                                                (1, "committed")]
     assert store.get(jid).status is JobStatus.SUCCEEDED
+
+
+def test_a_bad_cancel_reason_is_refused_before_anything_is_written(app, cont, store):
+    @app.job("c")
+    def c(ctx: jobstate.StepContext) -> Any:
+        return None
+
+    app.start("c", None, job_id="cr")
+    for bad in (42, "", "   ", "x" * 1001, None):
+        with pytest.raises(jobstate.InvalidInput, match="reason"):
+            store.cancel("cr", bad)  # type: ignore[arg-type]
+    assert store.get("cr").status is JobStatus.PENDING
+    assert [j.job_id for j in store.list("c")] == ["cr"]  # still readable, still listed
+
+
+def test_an_expired_job_id_names_a_new_job_and_its_old_effects_are_gone(app, cont, store,
+                                                                        clock):
+    sent: list[int] = []
+
+    @app.job("monthly", deadline=None)
+    def monthly(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once("mail", lambda: sent.append(1) or len(sent)))
+
+    app.start("monthly", {"m": 1}, job_id="report")
+    drain(app, cont)
+    assert store.get("report").result == 1
+    clock.advance(store.retention_s + 60)  # expired; TTL has not deleted it yet
+    with pytest.raises(jobstate.JobNotFound):
+        store.get("report")
+    app.start("monthly", {"m": 2}, job_id="report")  # a different input: no conflict
+    drain(app, cont)
+    job = store.get("report")
+    assert (job.status, job.input, job.result) == (JobStatus.SUCCEEDED, {"m": 2}, 2)
+    assert sent == [1, 1]  # the old DONE record did not answer for the new job
