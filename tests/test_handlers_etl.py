@@ -14,10 +14,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iam_coverage import covers
+
 import jobstate
 from handlers import etl_poller as etl
 from jobstate import faults
 from jobstate.testing import Crash, Driver, FakeLambdaContext
+
+# The template must allow every AWS call this handler makes (tests/iam_coverage.py).
+iam = covers("EtlPollerFunction")
 
 REPORT = {"rows": [{"id": i, "amount": i * 10} for i in range(20)]}
 
@@ -152,6 +157,42 @@ def test_over_http_with_the_real_client(
     assert jobstate_store.get(job_id).status is jobstate.JobStatus.SUCCEEDED
     assert fake.starts == 1
     assert [n["subject"] for n in fake.notifications] == ["ETL finished: http"]
+
+
+def test_a_failed_poll_never_puts_the_token_in_the_job_logs_or_the_api(
+    jobstate_store: jobstate.JobStore, jobstate_continuation: jobstate.InMemoryContinuation,
+    jobstate_clock: jobstate.ManualClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from handlers.status_api import StatusApi
+
+    class DropsFirstPoll(etl.FakeEtlApi):
+        dropped = False
+
+        def status(self, token: str) -> dict[str, Any]:
+            if not self.dropped:
+                self.dropped = True
+                raise ConnectionResetError  # the server hangs up: no HTTP answer at all
+            return super().status(token)
+
+    fake = DropsFirstPoll(complete_after=2)
+    caplog.set_level(logging.INFO, logger="jobstate")
+    with fake.serve() as url:
+        poller, _, _ = make(jobstate_store, jobstate_continuation, api=etl.EtlClient(url))
+        job_id = poller.app.start(etl.JOB_TYPE, {"report": REPORT})
+        driver = Driver(poller.app, jobstate_continuation, jobstate_clock)
+        driver.step()
+        driver.step()
+        [token] = fake.jobs
+        job = jobstate_store.get(job_id)
+        assert job.error and "EtlUnavailable" in job.error and "/jobs/..." in job.error
+        body = StatusApi(jobstate_store).handler(
+            {"rawPath": f"/jobs/{job_id}", "requestContext": {"http": {"method": "GET"}}})
+        driver.run_until_done([job_id])
+    assert jobstate_store.get(job_id).status is jobstate.JobStatus.SUCCEEDED
+    for text in (job.error, body["body"], caplog.text):
+        assert token not in text
 
 
 def test_unreachable_api_is_retried_then_fails(

@@ -16,9 +16,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iam_coverage import covers
+
 import jobstate
 from handlers import s3_file_processor as fp
 from jobstate.testing import Driver
+
+# The template must allow every AWS call this handler makes (tests/iam_coverage.py).
+iam = covers("FileProcessorFunction", also=(("s3:ListBucket", "arn:aws:s3:::uploads"),))
 
 BUCKET = "uploads"
 

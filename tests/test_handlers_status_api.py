@@ -12,9 +12,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iam_coverage import covers
+
 import jobstate
 from handlers import status_api
 from jobstate.testing import Driver
+
+# The template must allow every AWS call this handler makes (tests/iam_coverage.py).
+iam = covers("StatusApiFunction")
 
 SECRET = "sk-live-7c1f0e-do-not-print"
 

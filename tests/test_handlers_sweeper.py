@@ -11,9 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iam_coverage import covers
+
 import jobstate
 from handlers import sweeper
 from jobstate.testing import FakeLambdaContext
+
+# The template must allow every AWS call this handler makes (tests/iam_coverage.py).
+iam = covers("SweeperFunction")
 
 ROUTES = {"file-processor": "stack-file-processor", "etl-poller": "stack-etl-poller",
           "batch-mailer": "stack-batch-mailer", "batch-mailer-chain": "stack-batch-mailer"}

@@ -73,6 +73,39 @@ def test_iam_has_no_wildcards(cfn: dict[str, Any]) -> None:
     assert any(True for _ in tc.iam_statements(cfn))  # the walker sees statements at all
 
 
+# What jobstate and the handlers call on DynamoDB, as IAM actions (transactions are
+# authorised item by item: Put/Update/Delete). Scan is the CLI's `paused_types` only.
+DYNAMODB_USED = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query",
+                 "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+
+
+def test_no_dynamodb_action_is_granted_that_nothing_calls(cfn: dict[str, Any]) -> None:
+    granted = set()
+    for _, st in tc.iam_statements(cfn):
+        actions = st.get("Action", [])
+        granted |= {a for a in (actions if isinstance(actions, list) else [actions])
+                    if isinstance(a, str) and a.startswith("dynamodb:")}
+    assert granted and granted <= DYNAMODB_USED, sorted(granted - DYNAMODB_USED)
+
+
+def test_the_iam_coverage_check_can_fail(cfn: dict[str, Any]) -> None:
+    import copy
+
+    from iam_coverage import TABLE_ARN, denied
+
+    cancel = {("dynamodb:UpdateItem", TABLE_ARN), ("dynamodb:PutItem", TABLE_ARN)}
+    assert denied(cfn, "StatusApiFunction", cancel) == []
+    broken = copy.deepcopy(cfn)
+    for st in tc.role_statements(broken, "StatusApiFunction"):
+        if isinstance(st.get("Action"), list):
+            st["Action"].remove("dynamodb:PutItem")
+    assert denied(broken, "StatusApiFunction", cancel) == [f"dynamodb:PutItem on {TABLE_ARN}"]
+    versioned = {("s3:GetObjectVersion", "arn:aws:s3:::uploads/in/a.txt")}
+    assert denied(cfn, "FileProcessorFunction", versioned) == []
+    assert denied(cfn, "FileProcessorFunction",
+                  {("s3:PutObject", "arn:aws:s3:::uploads/in/a.txt")})  # not results/
+
+
 def test_function_url_uses_iam(cfn: dict[str, Any]) -> None:
     assert tc.check_function_url(cfn) == []
 
