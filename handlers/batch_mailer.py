@@ -61,6 +61,22 @@ class MailRejected(Exception):
     """The provider refused this one message for good (bad address, suppressed, ...)."""
 
 
+# SES v2 errors that mean the request was refused before anything was sent, and not
+# because of this one recipient (throttling, a paused or misconfigured account): the
+# chain's retry may send again; recording each user as rejected would be wrong.
+SES_NOT_SENT = frozenset({"TooManyRequestsException", "LimitExceededException",
+                          "SendingPausedException", "AccountSuspendedException",
+                          "MailFromDomainNotVerifiedException", "NotFoundException",
+                          "BadRequestException"})
+
+
+def plausible_address(address: str) -> bool:
+    """A cheap local check, so a malformed address is one user's rejection rather than
+    a BadRequestException that says nothing about which of them was wrong."""
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and "." in domain and not any(c.isspace() for c in address))
+
+
 class SyntheticUserDirectory:
     """Users 1..N made up from their id — replace with your user store.
 
@@ -103,6 +119,8 @@ class SesMailer:
     def send(self, to: str, subject: str, body: str, *, key: str) -> str:
         from botocore.exceptions import ClientError
 
+        if not plausible_address(to):
+            raise MailRejected(f"not an email address: {to!r:.80}")
         try:
             resp = self.client.send_email(
                 FromEmailAddress=self.sender,
@@ -115,10 +133,13 @@ class SesMailer:
                                              for c in key)[:256]}],
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("MessageRejected",
-                                                              "BadRequestException"):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "MessageRejected":
                 raise MailRejected(exc.response["Error"].get("Message", "rejected")) from None
-            raise
+            if code in SES_NOT_SENT:
+                raise jobstate.EffectNotDone(f"SES refused the request ({code}); nothing was "
+                                             "sent") from exc
+            raise  # a 5xx or a timeout: it may have been sent (the chain parks)
         return str(resp["MessageId"])
 
 
@@ -193,7 +214,7 @@ class BatchMailer:
             ctx.cursor["spawned"] = True
             ctx.progress(0, users, "users")
             ctx.spawn_chains(CHAIN, total=users, chains=chains,
-                             extra={"campaign": name,
+                             extra={"campaign": name, "run": ctx.job_id,
                                     "batch": int(inp.get("batch", DEFAULT_BATCH))},
                              max_concurrency=inp.get("max_concurrency"),
                              on_child_failure="continue")
@@ -229,8 +250,12 @@ class BatchMailer:
         mailer = self.mailer
         lookup = getattr(mailer, "lookup", None)
 
+        run = str(ctx.input.get("run") or ctx.job.parent_id or campaign)
+
         def mail_key(uid: int) -> str:
-            return f"{campaign}/{uid}"
+            # Unique per campaign *job*: next month's run of the same campaign name must not
+            # meet this month's keys at a provider that de-duplicates by them.
+            return f"{run}/{uid}"
 
         def send_one(user: User) -> Any:
             subject, body = personalise(user, campaign)

@@ -74,6 +74,8 @@ class _Http:
 
     def request(self, method: str, path: str, body: Any = None,
                 headers: Mapping[str, str] | None = None) -> Any:
+        # Errors name the route, never the path: `/jobs/<token>` carries the ETL token.
+        what = f"{method} {_route(path)}"
         data = None if body is None else json.dumps(body).encode()
         req = Request(self.base_url + path, data=data, method=method,
                       headers={"content-type": "application/json",
@@ -85,11 +87,25 @@ class _Http:
             if exc.code == 404:
                 return None
             if exc.code >= 500 or exc.code == 429:
-                raise EtlUnavailable(f"{method} {path}: HTTP {exc.code}") from None
-            raise EtlError(f"{method} {path}: HTTP {exc.code}") from None
+                raise EtlUnavailable(f"{what}: HTTP {exc.code}") from None
+            raise EtlError(f"{what}: HTTP {exc.code}") from None
         except (URLError, TimeoutError, OSError) as exc:
-            raise EtlUnavailable(f"{method} {path}: {type(exc).__name__}") from None
+            raise EtlUnavailable(f"{what}: {type(exc).__name__}") from None
         return json.loads(raw) if raw else None
+
+    def required(self, method: str, path: str, body: Any = None) -> Any:
+        """`request`, where 404 is an error: a route the API must have."""
+        found = self.request(method, path, body)
+        if found is None:
+            raise EtlError(f"{method} {_route(path)}: HTTP 404 from {self.base_url}; is "
+                           "ETL_API_URL the ETL API's base URL?")
+        return found
+
+
+def _route(path: str) -> str:
+    """`/jobs/tok-123?x=1` -> `/jobs/...`: the route, without ids or query values."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    return "/" + parts[0] + ("/..." if len(parts) > 1 else "")
 
 
 class EtlClient:
@@ -99,10 +115,10 @@ class EtlClient:
         self._http = _Http(base_url or os.environ.get("ETL_API_URL", ""), timeout_s)
 
     def upload(self, report: Any) -> str:
-        return str(self._http.request("POST", "/uploads", {"report": report})["upload_id"])
+        return str(self._http.required("POST", "/uploads", {"report": report})["upload_id"])
 
     def start(self, upload_id: str) -> str:
-        return str(self._http.request("POST", "/jobs", {"upload_id": upload_id})["token"])
+        return str(self._http.required("POST", "/jobs", {"upload_id": upload_id})["token"])
 
     def find(self, upload_id: str) -> str | None:
         """The token of the ETL job started for this upload, if there is one."""
@@ -113,7 +129,9 @@ class EtlClient:
     def status(self, token: str) -> dict[str, Any]:
         found = self._http.request("GET", f"/jobs/{quote(token, safe='')}")
         if found is None or found.get("state") not in (RUNNING, DONE, FAILED):
-            raise EtlError(f"the ETL API does not know this job (answer {found!r:.80})")
+            state = found.get("state") if isinstance(found, dict) else None
+            raise EtlError(f"the ETL API does not know this job (answer: "
+                           f"{'not found' if found is None else f'state {state!r:.40}'})")
         return dict(found)
 
 
@@ -135,6 +153,9 @@ class WebhookNotifier:
     def send(self, key: str, subject: str, body: str) -> str:
         resp = self._http.request("POST", "", {"key": key, "subject": subject, "body": body},
                                   headers={"Idempotency-Key": key})
+        if resp is None:
+            raise EtlError(f"POST to the notification URL answered 404; is NOTIFY_URL right? "
+                           f"({self._http.base_url})")
         return str(resp["id"])
 
     def delivered(self, key: str) -> str | None:

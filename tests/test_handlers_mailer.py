@@ -14,9 +14,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iam_coverage import covers
+
 import jobstate
 from handlers import batch_mailer as bm
 from jobstate.testing import Crash, Driver
+
+# The template must allow every AWS call this handler makes (tests/iam_coverage.py).
+iam = covers("BatchMailerFunction")
 
 N, K = 500, 5
 
@@ -103,7 +108,7 @@ class NoLookupMailer(bm.FakeMailer):
 
     def send(self, to: str, subject: str, body: str, *, key: str) -> str:
         message_id = super().send(to, subject, body, key=key)
-        if key == "weekly/130" and not self.killed:
+        if key == "weekly-1/130" and not self.killed:  # keys are <campaign job id>/<user>
             self.killed = True
             raise Crash("container killed after the provider accepted the message")
         return message_id
@@ -134,7 +139,7 @@ def test_unknown_outcome_parks_one_chain_and_an_operator_settles_it(
                if e["state"] == "STARTED"]
     assert unknown
     for e in unknown:
-        key = f"weekly/{e['key'].removeprefix('user-')}"
+        key = f"{job_id}/{e['key'].removeprefix('user-')}"
         if key in outbox_keys:
             jobstate.mark_effect(jobstate_store, chain_id, e["key"], done=True,
                                  result=outbox_keys[key])
@@ -145,6 +150,47 @@ def test_unknown_outcome_parks_one_chain_and_an_operator_settles_it(
     assert jobstate_store.get(chain_id).status is jobstate.JobStatus.SUCCEEDED
     sent = Counter(m["to"] for m in mailer.outbox)
     assert len(sent) == 200 and max(sent.values()) == 1
+
+
+def test_a_campaign_run_again_next_month_mails_everyone_again(
+    jobstate_store: jobstate.JobStore, jobstate_continuation: jobstate.InMemoryContinuation,
+    jobstate_clock: jobstate.ManualClock,
+) -> None:
+    # Same campaign name, a new job: the provider de-duplicates by key, and reconcile asks
+    # by key, so June's keys must not answer for July.
+    mailer_app, mailer = make(jobstate_store, jobstate_continuation, jobstate_clock)
+    driver = Driver(mailer_app.app, jobstate_continuation, jobstate_clock)
+    for month in ("weekly-2025-06", "weekly-2025-07"):
+        start(mailer_app.app, job_id=month, users=20, chains=2)
+        driver.run_until_done()
+        assert jobstate_store.get(month).result["sent"] == 20
+    sent = Counter(m["to"] for m in mailer.outbox)
+    assert len(sent) == 20 and set(sent.values()) == {2}
+    assert len({m["key"] for m in mailer.outbox}) == 40
+
+
+def test_ses_refusals_are_not_per_user_rejections() -> None:
+    from botocore.exceptions import ClientError
+
+    class Ses:
+        def __init__(self, code: str) -> None:
+            self.code = code
+
+        def send_email(self, **_: Any) -> Any:
+            raise ClientError({"Error": {"Code": self.code, "Message": "no"}}, "SendEmail")
+
+    arn = "arn:aws:ses:us-east-1:123456789012:identity/example.com"
+    send = lambda code, to="a@example.com": bm.SesMailer(arn, client=Ses(code)).send(  # noqa: E731
+        to, "s", "b", key="k")
+    with pytest.raises(bm.MailRejected):
+        send("MessageRejected")  # this recipient, for good
+    with pytest.raises(bm.MailRejected, match="not an email address"):
+        send("MessageRejected", to="not an address")
+    for code in ("TooManyRequestsException", "AccountSuspendedException", "BadRequestException"):
+        with pytest.raises(jobstate.EffectNotDone):  # refused before sending: retry the chain
+            send(code)
+    with pytest.raises(ClientError):
+        send("InternalFailure")  # it may have been sent: the outcome is unknown
 
 
 def test_bad_campaign_fails_before_spawning(
