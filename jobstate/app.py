@@ -34,6 +34,7 @@ from .store import JobStore, Limits, routing
 from .timebudget import TimeBudget
 
 StepFn = Callable[[StepContext], Any]
+GUARD = "RunawayGuard"  # error_type of a job failed by max_steps or its deadline
 EVENT_KEY = "jobstate"
 DEFAULT_TIMEOUT_MS = 900_000
 
@@ -277,6 +278,8 @@ class App:
             state = State.encode(self.store, job.cursor, job.tokens, job.progress.to_dict())
             try:
                 protocol.finish(self.store, lease, state, JobStatus.FAILED, error=verdict,
+                                error_type=GUARD if verdict.startswith("runaway guard")
+                                else "ChildFailed",
                                 extra_actions=self._join_actions(lease, "FAILED", None,
                                                                  verdict))
             except JobCancelled as exc:
@@ -331,7 +334,7 @@ class App:
             if isinstance(returned, Failed):
                 reason = codec.scrub(returned.reason, ctx.tokens, lease.job.tokens)
                 protocol.finish(self.store, lease, state, JobStatus.FAILED,
-                                error=reason, advance=True,
+                                error=reason, error_type="Failed", advance=True,
                                 extra_actions=self._join_actions(lease, "FAILED", None,
                                                                  reason))
                 self._after_terminal(lease, context)
@@ -380,6 +383,7 @@ class App:
             if retry_in is None:
                 # state None: keep the last checkpoint, not the claim's copy.
                 protocol.finish(self.store, lease, None, JobStatus.FAILED, error=message,
+                    error_type=type(exc).__name__,
                     extra_actions=self._join_actions(lease, "FAILED", None, message))
                 self._after_terminal(lease, None)
                 report = self._done(lease, "failed", message, JobStatus.FAILED)
@@ -388,7 +392,8 @@ class App:
                     # job is already FAILED, so a redelivery no-ops.
                     raise exc
                 return report, None
-            protocol.fail_attempt(self.store, lease, message, retry_in_ms=retry_in)
+            protocol.fail_attempt(self.store, lease, message, retry_in_ms=retry_in,
+                                  error_type=type(exc).__name__)
         except JobCancelled as e:
             return self._cancelled(lease, e), None
         except LeaseLost as e:

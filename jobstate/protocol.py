@@ -162,6 +162,7 @@ def _park_unreadable(store: JobStore, raw: dict[str, Any], step: int, owner: str
                   raw.get("progress", {}).get("S", "{}"))
     try:
         finish(store, lease, state, JobStatus.FAILED, error=reason,
+               error_type="TokensUnreadable",
                extra_actions=join_actions(store, lease, "FAILED", None, reason))
     except LeaseLost:
         return ClaimResult(ClaimOutcome.IN_FLIGHT, None, job, "lost the lease while failing")
@@ -354,6 +355,7 @@ def finish(
     *,
     result_json: str | None = None,
     error: str | None = None,
+    error_type: str | None = None,
     extra_actions: list[dict[str, Any]] | None = None,
     advance: bool | None = None,
 ) -> None:
@@ -390,6 +392,7 @@ def finish(
         upd.set("result", result_json)
     if error is not None:
         upd.set("error", error[:4000])
+        upd.set("error_type", error_type or "Error")
     if not extra_actions:
         _update(store, lease, upd, "completion")
         if status == JobStatus.FAILED:
@@ -406,7 +409,7 @@ def finish(
             # This child joined its parent before (it was resumed and finished again):
             # finish it without counting it twice.
             finish(store, lease, state, status, result_json=result_json, error=error,
-                   advance=advance)
+                   error_type=error_type, advance=advance)
             return
         raise
 
@@ -433,6 +436,7 @@ def fail_attempt(
     error: str,
     *,
     retry_in_ms: int | None,
+    error_type: str = "Error",
 ) -> JobStatus:
     """Record a failed attempt of the step (fenced), with a history item in one transaction.
 
@@ -447,6 +451,7 @@ def fail_attempt(
             .set("status", JobStatus.FAILED.value)
             .set("status_at", now)
             .set("error", error[:4000])
+            .set("error_type", error_type)
             .set("attempt", attempt)
             .set("ls", schema.list_range(lease.job_type, JobStatus.FAILED.value, now))
             .set("expires_at", now // 1000 + store.retention_s)
@@ -459,6 +464,7 @@ def fail_attempt(
         upd = (
             _fenced(lease, now)
             .set("error", error[:4000])
+            .set("error_type", error_type)
             .set("attempt", attempt)
             .set("not_before", at)
             .set("wait_reason", "retry")

@@ -40,6 +40,7 @@ class JobView:
     progress: Progress
     result: Any = None
     error: str | None = None
+    error_type: str | None = None
     attempt: int = 0
     max_attempts: int | None = None
     max_steps: int | None = None
@@ -94,6 +95,7 @@ class JobView:
             "progress": self.progress.to_dict(),
             "result": self.result,
             "error": self.error,
+            "error_type": self.error_type,
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
             "max_steps": self.max_steps,

@@ -151,6 +151,7 @@ def build_models(table_name: str, host: str | None, region: str) -> Models:
         child_ids = UnicodeAttribute(null=True)
         result = UnicodeAttribute(null=True)
         error = UnicodeAttribute(null=True)
+        error_type = UnicodeAttribute(null=True)  # the exception's class name, for code
         wait_reason = UnicodeAttribute(null=True)
         created_at = NumberAttribute(null=True)
         updated_at = NumberAttribute(null=True)

@@ -285,6 +285,7 @@ class JobStore:
             progress=Progress(prog.get("done", 0), prog.get("total"), prog.get("unit")),
             result=codec.loads(m.result),
             error=m.error,
+            error_type=m.error_type,
             attempt=int(m.attempt or 0),
             max_attempts=n(m.max_attempts),
             max_steps=n(m.max_steps),
@@ -647,6 +648,7 @@ class JobStore:
             Update()
             .set("status", JobStatus.CANCELLED.value)
             .set("error", reason)
+            .set("error_type", "Cancelled")
             .set("updated_at", now)
             .set("status_at", now)
             .set("ls", schema.list_range(job_type, JobStatus.CANCELLED.value, now))
@@ -753,7 +755,7 @@ class JobStore:
             .set("due_at", now)
             .set("dk", schema.due_hash(job_id))
             .set("ls", schema.list_range(view.job_type, ACTIVE, view.created_at or now))
-            .remove("error", "expires_at", "not_before", "result")
+            .remove("error", "error_type", "expires_at", "not_before", "result")
             .where("#status = :old")
         )
         upd.values[":old"] = av(view.status.value)

@@ -213,6 +213,7 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
     state = State.encode(store, job.cursor, job.tokens, job.progress.to_dict())
     try:
         protocol.finish(store, lease, state, JobStatus.FAILED, error=reason,
+                        error_type="RunawayGuard",
                         extra_actions=join_actions(store, lease, "FAILED", None, reason))
     except (LeaseLost, JobNotFound):
         return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,30 @@ try:  # pytest is optional at runtime; the fixtures exist only when it is instal
     import pytest
 except ImportError:  # pragma: no cover
     pytest = None  # type: ignore[assignment]
+
+
+_SESSION: Any = None
+_SESSION_LOCK = threading.Lock()
+
+
+def dynamodb_client(endpoint_url: str | None = None, region: str = "us-east-1") -> Any:
+    """A new DynamoDB client from one botocore session shared by the whole test run.
+
+    A store that makes its own client starts a botocore session and parses the service
+    model again (~0.2 s); a test suite that makes a store per test (or per hypothesis
+    example) spends minutes on it. Pass this as `JobStore(..., client=...)`; each call
+    returns a fresh client, so event hooks a test registers stay its own.
+    """
+    global _SESSION
+    from botocore.config import Config
+    from botocore.session import get_session
+
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = get_session()
+        return _SESSION.create_client(
+            "dynamodb", region, endpoint_url=endpoint_url,
+            config=Config(retries={"mode": "standard", "total_max_attempts": 4}))
 
 
 class Crash(BaseException):
@@ -203,7 +228,7 @@ if pytest is not None:
         try:
             with mock_aws():
                 store = JobStore(f"jobstate-{uuid.uuid4().hex[:8]}", region="us-east-1",
-                                 clock=jobstate_clock)
+                                 clock=jobstate_clock, client=dynamodb_client())
                 store.create_table()
                 yield store
         finally:

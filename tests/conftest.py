@@ -26,15 +26,33 @@ from backends import (
 )
 
 import jobstate
-from jobstate.testing import Driver
+from jobstate.testing import Driver, dynamodb_client
 
 os.environ.update(dummy_aws_env())
 for _k in ("JOBSTATE_TABLE", "JOBSTATE_ENDPOINT_URL"):
     os.environ.pop(_k, None)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="the long run: 2000 examples per property (HYPOTHESIS_PROFILE=slow)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--slow"):
+        os.environ.setdefault("HYPOTHESIS_PROFILE", "slow")
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"jobstate test backend: {selected_backend()}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    # Printed even under -q, so a CI log shows which engine the tests ran on.
+    from conftest_hypothesis import profile_name
+
+    terminalreporter.write_line(f"jobstate test backend: {selected_backend()}; hypothesis "
+                                f"profile: {profile_name()}")
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +88,7 @@ def make_store(engine: str | None, clock: jobstate.ManualClock) -> Iterator[
 
     def make(**kw: Any) -> jobstate.JobStore:
         kw.setdefault("clock", clock)
+        kw.setdefault("client", dynamodb_client(engine))
         store = jobstate.JobStore(f"t-{uuid.uuid4().hex[:10]}", endpoint_url=engine,
                                   region="us-east-1", **kw)
         store.create_table()

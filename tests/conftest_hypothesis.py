@@ -2,7 +2,12 @@
 
     HYPOTHESIS_PROFILE=dev   fast local runs (default outside CI)
     HYPOTHESIS_PROFILE=ci    >= 200 examples per property (default when CI=true)
-    HYPOTHESIS_PROFILE=slow  2000 examples per property (the "--slow" run)
+    HYPOTHESIS_PROFILE=slow  2000 examples per property (`pytest --slow`)
+
+Every profile sets `derandomize=False` explicitly: hypothesis's own CI profile (loaded
+when CI is set) would derandomize and replay the same examples in every CI run, so a
+property suite that is run on every commit would never explore anything new. A failure
+prints a blob that reproduces it (`print_blob=True`).
 
 The profiles are registered here but not loaded globally, so other hypothesis tests keep
 their own settings; `active()` is what the property modules apply. (To also get
@@ -18,12 +23,10 @@ from hypothesis import HealthCheck, settings
 SUPPRESSED = (HealthCheck.too_slow, HealthCheck.data_too_large,
               HealthCheck.function_scoped_fixture)
 
-settings.register_profile("dev", max_examples=30, deadline=None,
-                          suppress_health_check=SUPPRESSED)
-settings.register_profile("ci", max_examples=200, deadline=None,
-                          suppress_health_check=SUPPRESSED, print_blob=True)
-settings.register_profile("slow", max_examples=2000, deadline=None,
-                          suppress_health_check=SUPPRESSED, print_blob=True)
+for _name, _examples in (("dev", 30), ("ci", 200), ("slow", 2000)):
+    settings.register_profile(_name, max_examples=_examples, deadline=None,
+                              suppress_health_check=SUPPRESSED, print_blob=True,
+                              derandomize=False)
 
 
 def profile_name() -> str:

@@ -23,6 +23,10 @@ import jobstate
 from jobstate.cli import cli
 from jobstate.testing import Crash
 
+# Real worker processes on real deadlines (`jobstate run`): run alone, not beside other
+# tests (scripts/test runs these after the parallel tier).
+pytestmark = pytest.mark.serial
+
 # The app `jobstate run test_cli:app ...` imports in its workers.
 app = jobstate.App(store=jobstate.JobStore(), lease_grace_s=0.3, reserve_ms=300)
 

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# Real worker processes on real deadlines: run alone, not beside other tests
+# (scripts/test runs these after the parallel tier).
+pytestmark = pytest.mark.serial
+
 REQUIRED = {"name", "status", "invocations", "steps", "duplicates_delivered",
             "crashes_injected", "effects_expected", "effects_executed"}
 
@@ -20,7 +24,7 @@ def _script() -> str:
     return shutil.which("jobstate") or str(Path(sys.executable).parent / "jobstate")
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [2, 3])  # .ci/run runs the Quickstart's seed 1 itself
 def test_demo_json_passes_with_chaos(seed: int) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JOBSTATE_", "AWS_"))}  # no setup: a fresh shell

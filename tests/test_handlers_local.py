@@ -23,6 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jobstate
 from handlers import batch_mailer, etl_poller, s3_file_processor
 
+# Real worker processes on real deadlines: run alone, not beside other tests
+# (scripts/test runs these after the parallel tier).
+pytestmark = pytest.mark.serial
+
 local = pytest.importorskip("jobstate.local")
 
 

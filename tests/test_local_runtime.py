@@ -21,6 +21,10 @@ from jobstate.local import RECURSION_LIMIT, Chaos, LocalRuntime, LocalRuntimeErr
 from jobstate.local.chaos import Dice
 from jobstate.local.queue import Delivery
 
+# Real worker processes on real deadlines: run alone, not beside other tests
+# (scripts/test runs these after the parallel tier).
+pytestmark = pytest.mark.serial
+
 app = jobstate.App(store=jobstate.JobStore(), lease_grace_s=0.3, reserve_ms=300)
 
 
@@ -86,6 +90,23 @@ def counted(ctx: jobstate.StepContext) -> Any:
     return None
 
 
+def _counted_with(semantics: jobstate.Semantics, reconcile: bool) -> Any:
+    def step(ctx: jobstate.StepContext) -> Any:
+        n = ctx.cursor.get("n", 0)
+        ctx.once(f"fx-{n}", _record, ctx.input["path"], f"fx {ctx.job_id} {n}",
+                 semantics=semantics, reconcile=_recorded if reconcile else None)
+        if n + 1 >= ctx.input["steps"]:
+            return ctx.complete({"n": n + 1})
+        ctx.cursor["n"] = n + 1
+        return None
+
+    return step
+
+
+app.job("counted-alo", max_steps=100)(_counted_with(jobstate.Semantics.AT_LEAST_ONCE, False))
+app.job("counted-amo", max_steps=100)(_counted_with(jobstate.Semantics.AT_MOST_ONCE, False))
+
+
 @app.job("broken", max_steps=5)
 def broken(ctx: jobstate.StepContext) -> Any:
     return "not a valid step result"  # InvalidStepResult: raised into the "Lambda" runtime
@@ -139,7 +160,9 @@ def test_chaos_duplicates_crashes_lost_events_and_throttles_still_run_effects_on
                       chaos=chaos, recursive_loop="Allow", sweep_interval_s=0.3,
                       time_scale=0.01, dispatch_timeout_s=1.0) as rt:
         path = str(tmp_path / "fx")
-        ids = [rt.start("counted", {"path": path, "steps": 8}) for _ in range(3)]
+        # Fixed ids: the chaos dice are keyed by job and step, so the run is reproducible.
+        ids = [rt.start("counted", {"path": path, "steps": 8}, job_id=f"chaos-{i}")
+               for i in range(3)]
         views = rt.wait(ids, timeout_s=90)
         total = rt.stats_dict()["total"]
     assert [(v.status, v.error) for v in views.values()] == [
@@ -249,22 +272,58 @@ def test_chaos_spec_and_dice_are_reproducible():
     assert rolls_a == rolls_b and any(rolls_a) and not all(rolls_a)
 
 
+MATRIX_STEPS = 3
+
+
 @pytest.mark.parametrize("point", faults.POINTS)
 def test_fault_matrix_real_sigkill_at_each_crash_point(tmp_path, point):
-    # The worker SIGKILLs itself at `point` (a real process death, not an exception)
-    # while DynamoDB throttles at random: the job finishes and every effect ran once.
-    chaos = Chaos(11, crash=0.5, crash_points=(point,), throttle_dynamodb=0.1)
-    with LocalRuntime("test_local_runtime:app", timeout_ms=1_000, concurrency=2,
+    # The first delivery of every step SIGKILLs its worker at `point` (a real process
+    # death, not an exception) while DynamoDB throttles a third of the requests; three
+    # jobs, one per promise: each ends as that promise says, with effects counted in a
+    # file outside jobstate.
+    chaos = Chaos(11, crash=1.0, crash_first=True, crash_points=(point,),
+                  throttle_dynamodb=0.1)
+    kinds = {"counted": "amor", "counted-alo": "alo", "counted-amo": "amo"}
+    with LocalRuntime("test_local_runtime:app", timeout_ms=2_000, concurrency=3,
                       chaos=chaos, recursive_loop="Allow", sweep_interval_s=0.2,
                       time_scale=0.01, dispatch_timeout_s=1.0) as rt:
         path = str(tmp_path / "fx")
-        job_id = rt.start("counted", {"path": path, "steps": 4}, job_id=f"matrix-{point}")
-        view = rt.wait([job_id], timeout_s=90)[job_id]
+        ids = {kind: rt.start(jt, {"path": path, "steps": MATRIX_STEPS},
+                              job_id=f"matrix-{kind}-{point}")
+               for jt, kind in kinds.items()}
+        views = rt.wait(list(ids.values()), timeout_s=90)
         total = rt.stats_dict()["total"]
-    assert view.status is jobstate.JobStatus.SUCCEEDED, view.error
-    lines = Counter((tmp_path / "fx").read_text().splitlines())
-    assert len(lines) == 4 and set(lines.values()) == {1}
-    assert total["crashes_injected"] > 0  # every step passes every point
+    runs = Counter((tmp_path / "fx").read_text().splitlines())
+
+    def ran(kind: str, n: int) -> int:
+        return runs[f"fx {ids[kind]} {n}"]
+
+    in_effect = point in ("effect_started", "effect_called")
+    for kind in ("amor", "alo"):
+        view = views[ids[kind]]
+        assert view.status is jobstate.JobStatus.SUCCEEDED, (kind, view.error)
+    for n in range(MATRIX_STEPS):
+        assert ran("amor", n) == 1  # at most once, and reconcile settled every crash
+        # At least once; twice where the kill came after the call. (A throttled request's
+        # backoff can also push a step past its real deadline: killed there, it may run
+        # again, which at-least-once allows.)
+        assert ran("alo", n) >= (2 if point == "effect_called" else 1)
+    amo = views[ids["amo"]]
+    assert all(ran("amo", n) <= 1 for n in range(MATRIX_STEPS))  # never twice
+    if in_effect:  # no reconcile: the unknown outcome parks the job, nothing repeated
+        assert (amo.status, amo.step, amo.error_type) == (
+            jobstate.JobStatus.FAILED, 0, "EffectOutcomeUnknown")
+        assert ran("amo", 0) == (1 if point == "effect_called" else 0)
+    elif amo.status is not jobstate.JobStatus.SUCCEEDED:
+        # Parked by a kill nobody chose: only a real deadline kill inside its effect can.
+        assert amo.error_type == "EffectOutcomeUnknown" and total["kills_at_timeout"] > 0
+    else:
+        assert [ran("amo", n) for n in range(MATRIX_STEPS)] == [1] * MATRIX_STEPS
+    # amor and alo were killed at every step that reaches the point (a completion sends
+    # no continuation: after_commit/after_dispatch are not reached on the last step).
+    reached = MATRIX_STEPS - (point in ("after_commit", "after_dispatch"))
+    assert total["crashes_injected"] >= 2 * reached
+    assert total["throttled_dynamodb"] > 0
 
 
 def _sleeping_worker() -> Any:

@@ -33,6 +33,9 @@ class Chaos:
       TooManyRequestsException;
     - `throttle_dynamodb`: a DynamoDB request is answered with ThrottlingException before
       it reaches the table (boto's retry recovers; never twice in a row).
+
+    `crash_first=True` crashes only the first delivery of each step (a fault matrix:
+    with `crash=1` and one crash point, every step is killed there exactly once).
     """
 
     seed: int = 0
@@ -42,6 +45,7 @@ class Chaos:
     throttle_invoke: float = 0.0
     throttle_dynamodb: float = 0.0
     crash_points: tuple[str, ...] = field(default=faults.POINTS)
+    crash_first: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -109,7 +113,8 @@ class Chaos:
         return out
 
     def quiet(self) -> Chaos:
-        return Chaos(seed=self.seed, crash_points=self.crash_points)
+        return Chaos(seed=self.seed, crash_points=self.crash_points,
+                     crash_first=self.crash_first)
 
 
 class Dice:
@@ -125,6 +130,13 @@ class Dice:
             n = self._counts.get(what, 0)
             self._counts[what] = n + 1
         return random.Random(f"{self.seed}:{what}:{n}")
+
+    def nth(self, what: str) -> int:
+        """How many times `what` was asked before (0 the first time)."""
+        with self._lock:
+            n = self._counts.get(what, 0)
+            self._counts[what] = n + 1
+        return n
 
     def roll(self, what: str, p: float) -> bool:
         return p > 0 and self.rng(what).random() < p

@@ -473,7 +473,8 @@ class LocalRuntime:
             return
         w = self._worker_for(slot)
         crash_at = None
-        if d.future is None and self.chaos.crash:
+        if d.future is None and self.chaos.crash and (
+                not self.chaos.crash_first or self.dice.nth(f"first:{d.key}") == 0):
             rng = self.dice.rng(f"crash:{d.key}")
             if rng.random() < self.chaos.crash:
                 crash_at = rng.choice(self.chaos.crash_points)
