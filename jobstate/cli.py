@@ -3,7 +3,7 @@
 Connection options (`--table`, `--endpoint-url`, `--region`; env JOBSTATE_TABLE,
 JOBSTATE_ENDPOINT_URL, AWS_REGION) go before or after the command. Read commands take
 `--json`. Tokens are always redacted. Errors are one line on stderr and exit code 1
-(2 for bad usage); `--debug` shows the traceback instead.
+(2 for bad usage, still one line); `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -75,6 +75,29 @@ class CliError(click.ClickException):
 
 
 class JobstateGroup(click.Group):
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """click's main, with every error one line on stderr (usage errors too)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "jobstate"
+            click.echo(f"error: {' '.join(exc.format_message().split())} (see "
+                       f"'{where} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -84,6 +107,10 @@ class JobstateGroup(click.Group):
             settings = ctx.find_object(Settings)
             if settings is not None and settings.debug:
                 raise
+            if isinstance(exc, InvalidInput):  # a bad id, spec or value: bad usage
+                err = CliError(str(exc))
+                err.exit_code = 2
+                raise err from None
             if isinstance(exc, JobStateError | TimeoutError):
                 raise CliError(str(exc)) from None
             raise CliError(f"{type(exc).__name__}: {exc}") from None

@@ -103,8 +103,7 @@ def one_error_line(r: Result, code: int = 1) -> str:
     assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert "Traceback" not in r.stderr
-    if code == 1:
-        assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     return lines[-1]
 
 
@@ -154,7 +153,7 @@ def test_effects_list_done_retry(url, table, jobs):
         "key": "send", "state": "DONE", "step": 0, "owner": None, "runs": 1,
         "last_error": None, "result": "***redacted***"}
     assert "is not STARTED" in one_error_line(run(url, table, "effect", "retry",
-                                                  jobs["fx-1"], "send"))
+                                                  jobs["fx-1"], "send"), 2)
     r = run(url, table, "effect", "retry", jobs["fx-2"], "send", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["key"] == "send"
     assert json.loads(run(url, table, "effect", "list", jobs["fx-2"], "--json").stdout) == []
@@ -200,7 +199,7 @@ def test_errors_are_one_line(url, table):
     assert line.startswith("error: table 'nope' does not exist") and "jobstate create-table" \
         in line
     assert "no job 'ghost'" in one_error_line(run(url, table, "status", "ghost"))
-    assert "job id" in one_error_line(run(url, table, "status", "bad id"))
+    assert "job id" in one_error_line(run(url, table, "status", "bad id"), 2)
     for args in (["status"], ["list", "--status", "BOGUS"], ["list", "--limit", "0"],
                  ["frobnicate"], ["run", "no_colon", "count"],
                  ["run", "test_cli:app", "count", "--input", "{bad"]):
@@ -229,7 +228,7 @@ def test_run_a_job_on_the_local_runtime_with_chaos(url, table):
     r = run(url, table, "run", "test_cli:nothing", "count")
     assert "could not load app 'test_cli:nothing'" in one_error_line(r)
     r = run(url, table, "run", "test_cli:app", "nope", "--input", "{}")
-    assert "no job type 'nope'" in one_error_line(r)
+    assert "no job type 'nope'" in one_error_line(r, 2)
 
 
 def _script() -> str:
@@ -248,3 +247,43 @@ def test_installed_script(url, tmp_path):
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "jobstate create-table" in p.stderr
+
+
+# Every command, against a table that does not exist: one clear line, exit 1.
+MISSING_TABLE = [
+    ("status", "j1"), ("list",), ("watch", "j1", "--timeout", "1"), ("history", "j1"),
+    ("cancel", "j1"), ("pause", "count"), ("resume", "j1", "--job"),
+    ("resume", "count", "--type"), ("resume-job", "j1"), ("sweep", "--function", "fn"),
+    ("effect", "list", "j1"), ("effect", "done", "j1", "k"), ("effect", "retry", "j1", "k"),
+]
+
+
+@pytest.mark.parametrize("args", MISSING_TABLE, ids=lambda a: " ".join(a))
+def test_every_command_on_a_missing_table_is_one_clear_line(url, args):
+    r = CliRunner().invoke(cli, [*args, "--endpoint-url", url,
+                                 "--table", f"missing-{uuid.uuid4().hex[:6]}"])
+    line = one_error_line(r, 1)
+    assert "does not exist" in line and "create-table" in line, line
+
+
+# Bad arguments and bad values: one line, exit 2 (before anything is read or written).
+BAD_ARGS = [
+    ("status",), ("status", "not a job id!"), ("list", "--status", "nope"),
+    ("list", "--limit", "0"), ("watch",), ("watch", "j1", "--interval", "0"),
+    ("history",), ("cancel",), ("cancel", "j1", "--reason", ""), ("pause",),
+    ("pause", "not a type!"), ("resume",), ("resume", "j1", "--job", "--max-steps", "0"),
+    ("resume-job",), ("sweep",), ("sweep", "--function", "fn", "--limit", "0"),
+    ("effect", "list"), ("effect", "done", "j1"), ("effect", "done", "j1", "k", "--result",
+                                                    "{nope"),
+    ("effect", "retry", "j1", "bad\x00key"), ("demo", "--seed", "x"),
+    ("demo", "--chaos", "explode=1"), ("demo", "--users", "0"), ("run", "nomodule", "t"),
+    ("run", "test_cli:app", "count", "--input", "{bad"), ("create-table", "--region"),
+    ("frobnicate",),
+]
+
+
+@pytest.mark.parametrize("args", BAD_ARGS, ids=lambda a: " ".join(a))
+def test_every_command_with_bad_arguments_is_one_clear_line(url, table, args):
+    r = CliRunner().invoke(cli, [*args, "--endpoint-url", url, "--table", table]
+                           if args[-1] != "--region" else [*args])
+    one_error_line(r, 2)
