@@ -74,6 +74,12 @@ class CliError(click.ClickException):
         click.echo(f"error: {' '.join(self.format_message().split())}", err=True)
 
 
+class BadInput(CliError):
+    """A value the library rejected (an id, a spec, a reason): bad usage, exit code 2."""
+
+    exit_code = 2
+
+
 class JobstateGroup(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -108,9 +114,7 @@ class JobstateGroup(click.Group):
             if settings is not None and settings.debug:
                 raise
             if isinstance(exc, InvalidInput):  # a bad id, spec or value: bad usage
-                err = CliError(str(exc))
-                err.exit_code = 2
-                raise err from None
+                raise BadInput(str(exc)) from None
             if isinstance(exc, JobStateError | TimeoutError):
                 raise CliError(str(exc)) from None
             raise CliError(f"{type(exc).__name__}: {exc}") from None
