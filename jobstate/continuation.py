@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -12,7 +14,9 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    stop_before_delay,
+    wait_exponential,
+    wait_random,
 )
 
 from .errors import DispatchFailed, InvalidInput
@@ -42,6 +46,11 @@ class LambdaContinuation:
 
     The target is `function_name`, else `routes[job_type]`, else the running function
     (`context.function_name`, or AWS_LAMBDA_FUNCTION_NAME outside a handler call).
+
+    Retries never outlast the invocation: with a Lambda `context`, no retry starts later
+    than `margin_s` before its deadline. (The step is committed by then; a continuation
+    that could not be sent is re-sent by the sweeper, whereas waiting into the timeout
+    would get the container killed for nothing.)
     """
 
     def __init__(
@@ -52,15 +61,20 @@ class LambdaContinuation:
         client: Any = None,
         attempts: int = 5,
         max_wait_s: float = 2.0,
+        margin_s: float = 0.3,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.function_name = function_name
         self.routes = dict(routes or {})
         self._client = client
         self._lock = threading.Lock()
+        self.attempts = attempts
+        self.margin_s = margin_s
         self._retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(multiplier=0.1, max=max_wait_s),
+            wait=wait_exponential(multiplier=0.05, max=max_wait_s) + wait_random(0, 0.05),
+            sleep=sleep,
             reraise=True,
         )
 
@@ -92,8 +106,14 @@ class LambdaContinuation:
     def dispatch(self, event: dict[str, Any], *, context: Any = None) -> None:
         name = self.target(event, context)
         payload = json.dumps(event).encode("utf-8")
+        retrying = self._retrying.copy()
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if callable(remaining):
+            budget_s = max(0.0, int(remaining()) / 1000 - self.margin_s)
+            retrying = self._retrying.copy(
+                stop=stop_after_attempt(self.attempts) | stop_before_delay(budget_s))
         try:
-            for attempt in self._retrying.copy():
+            for attempt in retrying:
                 with attempt:
                     self.client.invoke(FunctionName=name, InvocationType="Event", Payload=payload)
         except (ClientError, BotoCoreError) as exc:

@@ -29,7 +29,8 @@ PERMANENT: tuple[type[BaseException], ...] = (
 
 
 def _default_wait() -> wait_base:
-    return tenacity.wait_exponential_jitter(multiplier=2, max=300, jitter=1)
+    # Composed, not wait_exponential_jitter: its arguments changed across tenacity 8-9.
+    return tenacity.wait_exponential(multiplier=2, max=300) + tenacity.wait_random(0, 1)
 
 
 def tenacity_delay_ms(strategy: wait_base, attempt: int) -> int:
@@ -43,8 +44,8 @@ def tenacity_delay_ms(strategy: wait_base, attempt: int) -> int:
 class RetryPolicy:
     """How a failing step is retried.
 
-    `wait` is any tenacity wait strategy (`wait_exponential_jitter`, `wait_fixed(5) +
-    wait_random(0, 2)`, ...); `retry_on` limits which exceptions are retried.
+    `wait` is any tenacity wait strategy (`wait_exponential(multiplier=2) +
+    wait_random(0, 1)`, `wait_fixed(5)`, ...); `retry_on` limits which exceptions are retried.
     """
 
     max_attempts: int = 3

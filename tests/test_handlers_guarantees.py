@@ -180,6 +180,29 @@ def test_invoke_throttling_is_retried_then_left_to_the_sweeper(
     assert jobstate.sweep(jobstate_store, memory).lost_continuations == 1
 
 
+def test_invoke_retries_never_outlast_the_invocation() -> None:
+    # Backoff into the timeout would get the container killed after its commit (the
+    # demo saw it): with the deadline near, the continuation gives up and the sweeper
+    # re-sends it.
+    class Ctx:
+        function_name = "worker"
+
+        def __init__(self, remaining_ms: int) -> None:
+            self.remaining_ms = remaining_ms
+
+        def get_remaining_time_in_millis(self) -> int:
+            return self.remaining_ms
+
+    slept: list[float] = []
+    for remaining, calls in ((100, 1), (60_000, 4)):
+        stub = StubLambda(throttles=10**6)
+        cont = jobstate.LambdaContinuation(client=stub, attempts=4, sleep=slept.append)
+        with pytest.raises(jobstate.DispatchFailed, match="sweeper"):
+            cont.dispatch(jobstate.step_event("j", 1, "t"), context=Ctx(remaining))
+        assert stub.calls == calls
+    assert slept and max(slept) < 0.5  # short waits: 50 ms doubling, 50 ms jitter
+
+
 class SkewedClock:
     """Another host's clock: `skew_s` ahead of the reference clock."""
 
