@@ -41,6 +41,39 @@ def _loop(ctx: jobstate.StepContext, adaptive: bool) -> Any:
     return None
 
 
+@app.job("fan-parent", max_steps=10)
+def fan_parent(ctx: jobstate.StepContext) -> Any:
+    """Figure 4c: a fan-out of N chains on real worker processes."""
+    if ctx.step == 0:
+        n = ctx.input["chains"]
+        ctx.spawn_chains("fan-chain", total=n * 100, chains=n)
+    kids = ctx.children()
+    return ctx.complete({"chains": len(kids),
+                         "ok": sum(k.status is jobstate.JobStatus.SUCCEEDED for k in kids)})
+
+
+@app.job("fan-chain", max_steps=10)
+def fan_chain(ctx: jobstate.StepContext) -> Any:
+    """Two steps over its range (a cursor committed in between), then it joins."""
+    start, end = ctx.input["start"], ctx.input["end"]
+    if "pos" not in ctx.cursor:
+        ctx.cursor["pos"] = (start + end) // 2
+        return None
+    return ctx.complete({"items": end - start})
+
+
+@app.job("items", max_steps=10_000)
+def items(ctx: jobstate.StepContext) -> Any:
+    """Figure 4c: one job over N items, 100 per batch, each batch 10 ms of real work."""
+    total, pos = ctx.input["total"], ctx.cursor.get("pos", 0)
+    while pos < total and ctx.has_time():
+        time.sleep(0.01)
+        pos = min(total, pos + 100)
+    ctx.cursor["pos"] = pos
+    ctx.progress(pos, total, "items")
+    return ctx.complete({"items": pos}) if pos >= total else None
+
+
 @app.job("util-adaptive", max_steps=1000)
 def util_adaptive(ctx: jobstate.StepContext) -> Any:
     return _loop(ctx, adaptive=True)

@@ -128,6 +128,48 @@ def run(engine: Engine, *, quick: bool, seed: int = 8) -> dict[str, Any]:
             "items_linear": linear(item_rows)}
 
 
+def run_local(endpoint_url: str) -> dict[str, Any]:
+    """Figure 4c: on `jobstate.local.LocalRuntime` — real worker processes, the async
+    queue, the sweeper: fan-outs of N chains (2 steps each, then a join), and one job
+    over 100,000 items (10 ms of real work per 100) under a 2 s function timeout."""
+    import uuid
+
+    from jobstate.local import LocalRuntime
+
+    def measure(job_type: str, inp: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
+        with LocalRuntime("benchmarks.localapp:app", timeout_ms=timeout_ms, concurrency=4,
+                          endpoint_url=endpoint_url, table=f"fan-{uuid.uuid4().hex[:8]}",
+                          recursive_loop="Allow", sweep_interval_s=5.0,
+                          dispatch_timeout_s=60.0) as rt:
+            began = time.perf_counter()
+            view = rt.run(job_type, inp, timeout_s=600)
+            wall = time.perf_counter() - began
+            total = rt.stats_dict()["total"]
+        assert view.status == jobstate.JobStatus.SUCCEEDED, (view.status, view.error)
+        return {"job": job_type, **inp, "invocations": total["invocations"],
+                "steps": total["steps"], "noops": total["noops"],
+                "kills_at_timeout": total["kills_at_timeout"], "wall_s": wall,
+                "invocations_per_s": total["invocations"] / wall, "result": view.result}
+
+    rows = [measure("fan-parent", {"chains": n}, 30_000) for n in (100, 1000)]
+    for r in rows:
+        assert r["result"] == {"chains": r["chains"], "ok": r["chains"]}, r["result"]
+    items = measure("items", {"total": 100_000}, 2_000)
+    return {"mode": "jobstate.local.LocalRuntime: 4 worker processes, the async queue and "
+                    "the sweeper, on the run's engine", "rows": rows, "items": items}
+
+
+LOCAL_HEADERS = ["job", "invocations", "steps", "no-ops", "killed at timeout", "wall s",
+                 "invocations/s"]
+
+
+def local_rows(fig: dict[str, Any]) -> list[list[Any]]:
+    rows = [*fig["rows"], fig["items"]]
+    return [[f"{r['chains']} chains" if "chains" in r else f"{r['total']:,} items",
+             r["invocations"], r["steps"], r["noops"], r["kills_at_timeout"], r["wall_s"],
+             r["invocations_per_s"]] for r in rows]
+
+
 def linear(rows: list[dict[str, Any]], min_r2: float = 0.99) -> dict[str, Any]:
     """Least-squares fit requests = a + b * units; growth is linear when R^2 >= min_r2."""
     xs = [float(r["per_unit"]) for r in rows]

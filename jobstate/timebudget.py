@@ -2,8 +2,10 @@
 
 Each call marks a batch boundary; the time between calls is a batch's duration. The next
 batch is expected to take at most max(longest seen, mean + 3 sd) of this invocation's
-batches, so a loop `while ctx.has_time(): do_batch()` uses nearly the whole timeout and
-still leaves `reserve_ms` for the commit and the continuation.
+batches (mean and sd over all of them, by Welford's method: steadier than a moving
+average, which under-estimated heavy-tailed batches), so a loop `while ctx.has_time():
+do_batch()` uses nearly the whole timeout and still leaves `reserve_ms` for the commit
+and the continuation.
 """
 
 from __future__ import annotations
@@ -19,15 +21,13 @@ class TimeBudget:
         now_ms: Callable[[], int],
         *,
         reserve_ms: int = 1_500,
-        alpha: float = 0.3,
     ) -> None:
         self._remaining = remaining_ms
         self._now = now_ms
         self.reserve_ms = reserve_ms
-        self._alpha = alpha
         self._last: int | None = None
         self._mean = 0.0
-        self._var = 0.0
+        self._m2 = 0.0  # Welford's running sum of squared deviations
         self._max = 0
         self.batches = 0
 
@@ -37,20 +37,17 @@ class TimeBudget:
     def expected_batch_ms(self) -> float:
         if self.batches == 0:
             return 0.0
-        return max(float(self._max), self._mean + 3.0 * math.sqrt(max(self._var, 0.0)))
+        sd = math.sqrt(self._m2 / self.batches) if self.batches > 1 else 0.0
+        return max(float(self._max), self._mean + 3.0 * sd)
 
     def observe(self) -> None:
         now = self._now()
         if self._last is not None:
             d = max(0, now - self._last)
             self.batches += 1
-            if self.batches == 1:
-                self._mean, self._var = float(d), 0.0
-            else:
-                diff = d - self._mean
-                incr = self._alpha * diff
-                self._mean += incr
-                self._var = (1 - self._alpha) * (self._var + diff * incr)
+            delta = d - self._mean
+            self._mean += delta / self.batches
+            self._m2 += delta * (d - self._mean)
             self._max = max(self._max, d)
         self._last = now
 
