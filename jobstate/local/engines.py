@@ -22,6 +22,7 @@ Clients of either use dummy credentials (:func:`dummy_aws_env`). DynamoDB Local 
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import shutil
@@ -121,11 +122,32 @@ def find_dynamodb_local_dir(package_dir: Path | None = None) -> Path:
     return candidates[-1]
 
 
+class _Engine(abc.ABC):
+    """`with engine:` starts it and stops it."""
+
+    @abc.abstractmethod
+    def start(self) -> Self: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class _PortInUse(RuntimeError):
     """DynamoDB Local could not bind its port."""
 
 
-class DynamoDBLocal:
+class DynamoDBLocal(_Engine):
     """AWS DynamoDB Local in memory, as a child process on a free port.
 
     ``with DynamoDBLocal() as ddb: client = dynamodb_client(ddb.endpoint_url)``
@@ -267,19 +289,8 @@ class DynamoDBLocal:
             self._tmpdir = None
             self.log_path = None
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class MotoServer:
+class MotoServer(_Engine):
     """moto's DynamoDB (and the rest of AWS) over real HTTP, in a thread of this process."""
 
     def __init__(self, *, patched: bool = False) -> None:
@@ -328,14 +339,3 @@ class MotoServer:
         self._endpoint_url = None
         if server is not None:
             server.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
