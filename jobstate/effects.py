@@ -29,7 +29,6 @@ from .errors import (
     JobNotFound,
     LeaseLost,
     StateTooLarge,
-    TokensUnreadable,
 )
 from .protocol import Lease
 from .status import NOT_DONE, Semantics
@@ -102,20 +101,8 @@ def encode_result(store: JobStore, value: Any, key: str) -> str:
 
 def decode_result(store: JobStore, item: Mapping[str, Any], job_id: str) -> Any:
     text = item.get("result", {}).get("S")
-    if text and text.startswith(ENCRYPTED_PREFIX):
-        if store.cipher is None:
-            raise TokensUnreadable(
-                f"the results of job {job_id!r}'s effects are encrypted; create the JobStore "
-                "with the cipher=jobstate.Cipher(encrypt, decrypt) that wrote them.",
-                job_id=job_id,
-            )
-        try:
-            text = store.cipher.decrypt(text[len(ENCRYPTED_PREFIX):])
-        except Exception as exc:
-            raise TokensUnreadable(
-                f"the cipher could not decrypt an effect result of job {job_id!r} "
-                f"({type(exc).__name__}); is it the one that encrypted it?", job_id=job_id,
-            ) from None
+    if text:
+        text = store._decrypt(text, what=f"an effect result of job {job_id!r}", job_id=job_id)
     return codec.loads(text)
 
 

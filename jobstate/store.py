@@ -235,24 +235,25 @@ class JobStore:
             return ENCRYPTED_PREFIX + self.cipher.encrypt(text)
         return text
 
+    def _decrypt(self, text: str, *, what: str, job_id: str | None = None) -> str:
+        """`text` as written: decrypted with the cipher if it was stored encrypted."""
+        if not text.startswith(ENCRYPTED_PREFIX):
+            return text
+        if self.cipher is None:
+            raise TokensUnreadable(
+                f"{what} is encrypted; create the JobStore with the same "
+                "cipher=jobstate.Cipher(encrypt, decrypt) that wrote it.", job_id=job_id)
+        try:
+            return self.cipher.decrypt(text[len(ENCRYPTED_PREFIX):])
+        except Exception as exc:
+            raise TokensUnreadable(
+                f"the cipher could not decrypt {what} ({type(exc).__name__}); is it the one "
+                "that encrypted it?", job_id=job_id) from None
+
     def decode_tokens(self, text: str | None, *, job_id: str | None = None) -> dict[str, Any]:
         if not text:
             return {}
-        if text.startswith(ENCRYPTED_PREFIX):
-            if self.cipher is None:
-                raise TokensUnreadable(
-                    "this job's tokens are encrypted; create the JobStore with the same "
-                    "cipher=jobstate.Cipher(encrypt, decrypt) that wrote them.",
-                    job_id=job_id,
-                )
-            try:
-                text = self.cipher.decrypt(text[len(ENCRYPTED_PREFIX):])
-            except Exception as exc:
-                raise TokensUnreadable(
-                    f"the cipher could not decrypt this job's tokens ({type(exc).__name__}); "
-                    "is it the one that encrypted them?",
-                    job_id=job_id,
-                ) from None
+        text = self._decrypt(text, what=f"the tokens of job {job_id!r}", job_id=job_id)
         value = codec.loads(text, {})
         return value if isinstance(value, dict) else {}
 
