@@ -197,7 +197,16 @@ class App:
                     "a start request needs {'jobstate': {'start': {'job_type': str, "
                     "'input': ..., 'job_id': optional str}}}."
                 )
-            jid = self.start(req["job_type"], req.get("input"), job_id=req.get("job_id"),
+            job_id = req.get("job_id")
+            request_id = getattr(context, "aws_request_id", None)
+            if job_id is None and isinstance(request_id, str) and request_id:
+                # Lambda delivers an async event twice now and then, with the same request
+                # id: derive the id from it (and the input, so distinct starts handled in
+                # one invocation stay distinct) and a duplicate start finds its job.
+                codec.validate_job_type(req["job_type"])
+                job_id = codec.stable_id(request_id, codec.dumps(req.get("input"), "input"),
+                                         prefix=req["job_type"])
+            jid = self.start(req["job_type"], req.get("input"), job_id=job_id,
                              context=context)
             return {"job_id": jid, "outcome": "started"}
         report = self.run_step(body, context)

@@ -71,7 +71,8 @@ class Update:
     removes: list[str] = field(default_factory=list)
     adds: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
+    # The values carry user state and tokens: never in a repr (tracebacks, debuggers).
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
     conditions: list[str] = field(default_factory=list)
 
     def name(self, attr: str) -> str:

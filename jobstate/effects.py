@@ -138,7 +138,9 @@ class Effects:
     store: JobStore
     lease: Lease
     # Keys whose `fn` is running right now (a nested `once` with the same key is a bug),
-    # and keys whose `fn` raised in this step (their outcome is unknown, like a crash's).
+    # and keys whose `fn` was called in this step but not recorded DONE (it raised, or the
+    # DONE write failed): their outcome is unknown, like a crash's, so a second `once` of
+    # the key in this step must not take the STARTED record for its own fresh put.
     _running: set[str] = field(default_factory=set)
     _unknown: set[str] = field(default_factory=set)
 
@@ -247,6 +249,7 @@ class Effects:
         faults.point("effect_started", job_id=self.lease.job_id, key=key)
         observe.count("Effects")
         self._running.add(key)
+        self._unknown.add(key)  # until DONE is recorded
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
@@ -270,6 +273,7 @@ class Effects:
             self._write_done_json(key, "null", self.lease.owner)
             raise
         self._write_done_json(key, result_json, self.lease.owner)
+        self._unknown.discard(key)
         return result
 
     def _write_done(self, key: str, result: Any, expect_owner: str) -> None:
@@ -279,10 +283,16 @@ class Effects:
         now = self.store.clock.now_ms()
         try:
             self.store.call("update_item", **_done_update(self.lease, key, result_json, now,
-                                                          expect_owner))
+                                                          expect_owner),
+                            ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as exc:
             if error_code(exc) != CONDITION_FAILED:
                 raise
+            old = old_item(exc) or {}
+            if (old.get("state", {}).get("S") == DONE
+                    and old.get("owner", {}).get("S") == self.lease.owner):
+                # botocore resent our DONE write after its response was lost: it applied.
+                return
             raise LeaseLost(
                 f"effect {key!r} of job {self.lease.job_id!r} is no longer owned by this "
                 "invocation; its result was not recorded. Stop work and return.",
@@ -465,11 +475,15 @@ def mark_effect(store: JobStore, job_id: str, key: str, *, done: bool,
         raise JobNotFound(f"no job {job_id!r}.", job_id=job_id)
     now = store.clock.now_ms()
     lease_until = int(raw.get("lease_expires_at", {}).get("N", "0"))
-    if raw.get("status", {}).get("S") == "RUNNING" and lease_until >= now:
+    if raw.get("lease_owner", {}).get("S") and lease_until >= now:
+        # Whatever the status: a cancelled or paused job's step keeps running (and may be
+        # inside this very effect) until it returns or its lease runs out.
         raise InvalidInput(
-            f"job {job_id!r} is running (a step holds it until {lease_until} ms epoch); its "
-            f"effects cannot be settled by hand while it may be running them. Cancel it or "
-            "wait for the step to end, then settle and `jobstate resume` it."
+            f"a step of job {job_id!r} holds its lease until {lease_until} ms epoch and may "
+            "be running this effect right now; its effects cannot be settled by hand until "
+            "that step has ended. Cancel the job if it should stop, wait "
+            f"{max(0, (lease_until - now) // 1000) + 1} s for the lease to run out (or for "
+            "the step to return), then settle and `jobstate resume` it."
         )
     k = _key(job_id, key)
     try:

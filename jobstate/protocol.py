@@ -9,7 +9,8 @@ expired and was taken over, or the job was cancelled) can never overwrite newer 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from botocore.exceptions import ClientError
@@ -79,8 +80,13 @@ def claim(
     *,
     request_id: str,
     lease_until_ms: int,
+    waiting_children_ok: bool = False,
 ) -> ClaimResult:
-    """Try to take step `step` of the job. One conditional write; no reads."""
+    """Try to take step `step` of the job. One conditional write; no reads.
+
+    A job waiting for children is not claimable, except by the sweeper's runaway guard
+    (`waiting_children_ok`), which fails a parent past its deadline.
+    """
     now = store.clock.now_ms()
     owner = new_owner(request_id)
     upd = (
@@ -99,11 +105,13 @@ def claim(
         .where("#status IN (:pending, :running, :waiting)")
         .where("attribute_not_exists(lease_expires_at) OR lease_expires_at < :now")
         .where("attribute_not_exists(not_before) OR not_before <= :now")
-        .where("attribute_not_exists(pending) OR pending <= :zero")
     )
+    if not waiting_children_ok:
+        upd.where("attribute_not_exists(pending) OR pending <= :zero")
+        upd.values[":zero"] = av(0)
     upd.name("step")
     upd.values.update({
-        ":none": av(NO_OWNER), ":n": av(step), ":now": av(now), ":zero": av(0),
+        ":none": av(NO_OWNER), ":n": av(step), ":now": av(now),
         ":pending": av("PENDING"), ":running": av("RUNNING"), ":waiting": av("WAITING"),
     })
     try:
@@ -200,7 +208,9 @@ def _why_not(
 
 
 def _fenced(lease: Lease, now: int) -> Update:
-    upd = Update().set("updated_at", now).where(FENCE)
+    # `last_writer` lets a resent write (botocore retries one whose response was lost)
+    # recognise that its first attempt was applied.
+    upd = Update().set("updated_at", now).set("last_writer", lease.owner).where(FENCE)
     upd.name("step")
     upd.name("status")
     upd.values.update({":me": av(lease.owner), ":n": av(lease.step),
@@ -229,7 +239,8 @@ def _lost(store: JobStore, lease: Lease, exc: ClientError, what: str) -> LeaseLo
 
 
 def _update(store: JobStore, lease: Lease, upd: Update, what: str,
-            returns: str = "NONE") -> dict[str, Any]:
+            returns: str = "NONE",
+            applied: Callable[[Mapping[str, Any]], bool] | None = None) -> dict[str, Any]:
     try:
         return store.call(
             "update_item", Key=_job_key(lease.job_id), ReturnValues=returns,
@@ -238,6 +249,12 @@ def _update(store: JobStore, lease: Lease, upd: Update, what: str,
     except ClientError as exc:
         if error_code(exc) != CONDITION_FAILED:
             raise
+        raw = old_item(exc)
+        if (applied is not None and raw is not None
+                and raw.get("last_writer", {}).get("S") == lease.owner and applied(raw)):
+            # botocore resent this write after its response was lost; the first attempt
+            # was applied, so it is done.
+            return {}
         raise _lost(store, lease, exc, what) from None
 
 
@@ -246,7 +263,7 @@ class State:
     """Encoded user state, checked before any write."""
 
     cursor: str
-    tokens: str
+    tokens: str = field(repr=False)  # never shown: tracebacks and debuggers print reprs
     progress: str
 
     @classmethod
@@ -341,7 +358,8 @@ def commit(
     if wait_until_ms is not None:
         upd.set("status", JobStatus.WAITING.value).set("not_before", wait_until_ms)
         upd.set("wait_reason", wait_reason or "sleep")
-    _update(store, lease, upd, "commit")
+    _update(store, lease, upd, "commit",
+            applied=lambda raw: raw.get("step", {}).get("N") == str(nxt))
     if lease.job.history_on:
         record_history(store, lease, "committed")
     return nxt
@@ -394,7 +412,8 @@ def finish(
         upd.set("error", error[:4000])
         upd.set("error_type", error_type or "Error")
     if not extra_actions:
-        _update(store, lease, upd, "completion")
+        _update(store, lease, upd, "completion",
+                applied=lambda raw: raw.get("status", {}).get("S") == status.value)
         if status == JobStatus.FAILED:
             record_history(store, lease, "failed", detail=error)
         return

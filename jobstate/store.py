@@ -11,6 +11,7 @@ import builtins
 import json
 import math
 import os
+import random
 import threading
 import uuid
 from collections.abc import Iterator
@@ -87,6 +88,17 @@ def _botocore_cause(exc: BaseException) -> BotoCoreError | None:
     return None
 
 
+TXN_CONFLICT_RETRIES = 5
+
+
+def _transaction_conflict(exc: ClientError) -> bool:
+    """A transaction cancelled because another one was using an item (not a condition)."""
+    if error_code(exc) != TRANSACTION_CANCELLED:
+        return False
+    reasons = exc.response.get("CancellationReasons") or []
+    return any(r.get("Code") == "TransactionConflict" for r in reasons)
+
+
 class JobStore:
     """Durable job records in one DynamoDB table (see schema.py for the layout)."""
 
@@ -149,14 +161,29 @@ class JobStore:
             "transact_write_items", "batch_get_item", "batch_write_item"
         }:
             kwargs["TableName"] = self.table_name
-        try:
-            result: dict[str, Any] = getattr(self.client, operation)(**kwargs)
-            return result
-        except ClientError as exc:
-            self._raise_unavailable(exc)
-            raise
-        except BotoCoreError as exc:
-            raise self._unreachable(exc) from exc
+        attempt = 0
+        while True:
+            try:
+                result: dict[str, Any] = getattr(self.client, operation)(**kwargs)
+                return result
+            except ClientError as exc:
+                if operation == "transact_write_items" and _transaction_conflict(exc):
+                    if attempt >= TXN_CONFLICT_RETRIES:
+                        raise StoreUnavailable(
+                            "a DynamoDB transaction kept conflicting with concurrent ones "
+                            f"({attempt + 1} attempts); nothing was written and the "
+                            "request is safe to retry."
+                        ) from None
+                    # Another transaction held one of the items (siblings joining one
+                    # parent at once): nothing was applied and botocore does not retry
+                    # this, so try again after a short, jittered pause.
+                    attempt += 1
+                    self.clock.sleep(random.uniform(0.01, 0.05) * 2 ** attempt)
+                    continue
+                self._raise_unavailable(exc)
+                raise
+            except BotoCoreError as exc:
+                raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BotoCoreError) -> StoreUnavailable:
         where = self.endpoint_url or "AWS " + self.region

@@ -11,6 +11,7 @@ than one run's `limit` drains over several runs (pass `next_token` back).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import uuid
@@ -115,17 +116,22 @@ def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], n
         _bump(store, job_id, step, due_at, now + PAUSED_RECHECK_MS)
         report.paused += 1
         return
-    if int(item.get("pending", {}).get("N", "0")) > 0:
-        # Waiting for children: each join makes it due again; look back later anyway.
-        _bump(store, job_id, step, due_at, now + CHILD_RECHECK_MS)
-        report.waiting_children += 1
-        return
+    # The deadline first: a parent waiting for children that never finish must not
+    # wait past it.
     deadline = item.get("deadline_at", {}).get("N")
     if deadline is not None and int(deadline) < now:
         if _fail_past_deadline(store, job_id, step, now, context):
             report.failed_guards += 1
         else:
             report.raced += 1
+        return
+    if int(item.get("pending", {}).get("N", "0")) > 0:
+        # Waiting for children: each join makes it due again; look back later anyway.
+        recheck = now + CHILD_RECHECK_MS
+        if deadline is not None:  # look again when its deadline passes, if that is sooner
+            recheck = min(recheck, int(deadline) + 1)
+        _bump(store, job_id, step, due_at, recheck)
+        report.waiting_children += 1
         return
     lease = item.get("lease_expires_at", {}).get("N")
     if lease is not None:
@@ -202,7 +208,7 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
 
     claim = protocol.claim(store, job_id, step,
                            request_id=f"sweeper-{uuid.uuid4().hex[:8]}",
-                           lease_until_ms=now + 60_000)
+                           lease_until_ms=now + 60_000, waiting_children_ok=True)
     if claim.lease is None:
         return False
     lease = claim.lease
@@ -217,6 +223,13 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
                         extra_actions=join_actions(store, lease, "FAILED", None, reason))
     except (LeaseLost, JobNotFound):
         return False
+    # A parent failed while waiting: its unfinished children are no use to anyone now.
+    from .errors import JobFinished
+    from .fanout import cancel_tree, child_ids_of
+
+    for cid in child_ids_of(job):
+        with contextlib.suppress(JobNotFound, JobFinished):
+            cancel_tree(store, cid, f"parent {job_id} failed: {reason}")
     return True
 
 

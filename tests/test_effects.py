@@ -700,10 +700,128 @@ def test_effect_records_expire_after_the_deadline_and_move_on_resume(app, cont, 
 def test_an_effect_is_not_settled_by_hand_while_a_step_holds_the_job(app, cont, store, clock):
     @app.job("busy")
     def busy(ctx: jobstate.StepContext) -> Any:
-        with pytest.raises(jobstate.InvalidInput, match="is running"):
+        with pytest.raises(jobstate.InvalidInput, match="holds its lease"):
             jobstate.mark_effect(store, ctx.job_id, "k", done=True)
         return ctx.complete(None)
 
     app.start("busy", None, job_id="busy")
     drain(app, cont, FakeLambdaContext(clock))
     assert store.get("busy").status is JobStatus.SUCCEEDED
+
+
+class _FailOnce:
+    """Proxy client: the first request matching `pick` fails with `code` (after being
+    applied, when `applied`), the way a throttled or lost request reaches the store."""
+
+    def __init__(self, store: jobstate.JobStore, pick: Callable[[str, dict[str, Any]], bool],
+                 code: str = "ThrottlingException", applied: bool = False) -> None:
+        self.store, self.pick, self.code, self.applied = store, pick, code, applied
+        self.fired = 0
+
+    def __enter__(self) -> _FailOnce:
+        from botocore.exceptions import ClientError
+
+        real, outer = self.store.client, self
+
+        class Proxy:
+            def __getattr__(self, name: str) -> Any:
+                attr = getattr(real, name)
+
+                def call(**kw: Any) -> Any:
+                    if not outer.fired and outer.pick(name, kw):
+                        outer.fired += 1
+                        if outer.applied:
+                            attr(**kw)  # applied; the answer is lost and botocore resends
+                            return attr(**kw)
+                        raise ClientError({"Error": {"Code": outer.code}}, name)
+                    return attr(**kw)
+                return call
+
+        self._real = real
+        self.store._client = Proxy()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store._client = self._real
+
+
+def _is_done_write(name: str, kw: dict[str, Any]) -> bool:
+    return name == "update_item" and kw.get("Key", {}).get("sk", {}).get("S", "").startswith(
+        "FX#") and ":done" in kw.get("ExpressionAttributeValues", {})
+
+
+def test_at_most_once_fn_is_not_rerun_in_the_same_step_when_its_done_write_failed(
+        app, cont, store):
+    charges: list[int] = []
+
+    @app.job("pay", max_attempts=1)
+    def pay(ctx: jobstate.StepContext) -> Any:
+        for _ in range(2):  # the user retries the call when the store is unavailable
+            try:
+                ctx.once("charge", lambda: charges.append(1) or "ch_1")
+                break
+            except jobstate.StoreUnavailable:
+                continue
+        return ctx.complete(len(charges))
+
+    app.start("pay", None, job_id="pay-1")
+    with _FailOnce(store, _is_done_write) as f:
+        drain(app, cont)
+    assert f.fired == 1
+    assert charges == [1]  # the second `once` parked instead of charging again
+    job = store.get("pay-1")
+    assert job.status is JobStatus.FAILED and job.error_type == "EffectOutcomeUnknown"
+
+
+def test_a_resent_done_write_that_was_applied_is_a_success(app, cont, store):
+    @app.job("x")
+    def x(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.once("e", lambda: "r"))
+
+    app.start("x", None, job_id="x-1")
+    with _FailOnce(store, _is_done_write, applied=True) as f:
+        reports = drain(app, cont)
+    assert f.fired == 1
+    assert [r["outcome"] for r in reports][-1] == "completed"
+    assert store.get("x-1").status is JobStatus.SUCCEEDED
+
+
+def test_effects_cannot_be_settled_while_a_cancelled_step_still_runs_them(app, cont, store,
+                                                                          clock):
+    sent: list[int] = []
+    refused: list[Exception] = []
+
+    def send() -> str:
+        sent.append(1)
+        if len(sent) == 1:  # meanwhile, an operator cancels the job and tries to settle
+            store.cancel("m-1", "stuck")
+            try:
+                jobstate.mark_effect(store, "m-1", "email", done=False)
+            except jobstate.InvalidInput as exc:
+                refused.append(exc)
+        return "msg"
+
+    @app.job("mailer")
+    def mailer(ctx: jobstate.StepContext) -> Any:
+        ctx.once("email", send)
+        return ctx.complete("sent")
+
+    app.start("mailer", None, job_id="m-1")
+    drain(app, cont)
+    assert refused and "holds its lease" in str(refused[0])
+    store.resume("m-1")
+    clock.advance(1000)
+    jobstate.sweep(store, cont)
+    drain(app, cont)
+    assert sent == [1]
+    assert store.get("m-1").status is JobStatus.SUCCEEDED
+
+
+def test_encoded_state_and_updates_never_show_tokens_in_a_repr(store):
+    from jobstate.dynamo import Update
+    from jobstate.protocol import State
+
+    state = State.encode(store, {"offset": 1}, {"api": SECRET}, {"done": 0})
+    upd = Update().set("tokens", state.tokens)
+    assert SECRET not in repr(state) and SECRET not in repr(upd)
+    assert SECRET in state.tokens  # still stored, only never displayed

@@ -423,3 +423,42 @@ def test_an_error_message_quoting_a_token_is_scrubbed_before_it_is_stored(app, c
     assert job.status is JobStatus.FAILED
     assert token not in (job.error or "") and "***redacted***" in (job.error or "")
     assert "connection reset" in (job.error or "")
+
+
+def test_a_start_request_delivered_twice_starts_one_job(app, cont, store, clock):
+    @app.job("import")
+    def imp(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.input["file"])
+
+    event = {"jobstate": {"start": {"job_type": "import", "input": {"file": "a.csv"}}}}
+    ctx = FakeLambdaContext(clock)  # Lambda's duplicate carries the same request id
+    first = app.handler(event, ctx)["job_id"]
+    again = app.handler(event, ctx)["job_id"]
+    other = app.handler({"jobstate": {"start": {"job_type": "import",
+                                                "input": {"file": "b.csv"}}}}, ctx)["job_id"]
+    assert first == again != other
+    drain(app, cont)
+    assert [j.job_id for j in store.iter_jobs("import")].count(first) == 1
+    assert store.get(first).result == "a.csv" and store.get(other).result == "b.csv"
+
+
+@pytest.mark.parametrize("ends", ["commit", "finish"])
+def test_a_resent_commit_whose_first_attempt_applied_is_not_lease_lost(app, cont, store,
+                                                                       ends):
+    from conftest import LostResponse
+
+    @app.job("two")
+    def two(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0 and ends == "commit":
+            ctx.cursor["n"] = 1
+            return None
+        return ctx.complete(ctx.cursor.get("n", 0))
+
+    app.start("two", None, job_id="two-1")
+    step0 = cont.pop_all()
+    with LostResponse(store, "update_item", times=2) as lost:  # the claim, then the commit
+        report = app.handler(step0[0], None)
+    assert lost.replayed == 2
+    assert report["outcome"] == ("committed" if ends == "commit" else "completed")
+    drain(app, cont)
+    assert store.get("two-1").status is JobStatus.SUCCEEDED

@@ -156,3 +156,51 @@ def test_an_expired_job_id_names_a_new_job_and_its_old_effects_are_gone(app, con
     job = store.get("report")
     assert (job.status, job.input, job.result) == (JobStatus.SUCCEEDED, {"m": 2}, 2)
     assert sent == [1, 1]  # the old DONE record did not answer for the new job
+
+
+def test_a_transaction_conflict_is_retried_and_the_join_counts_once(app, cont, store):
+    """DynamoDB cancels a transaction that meets another one on the same item (siblings
+    joining one parent at once) with reason TransactionConflict; nothing was written and
+    botocore does not retry it. The store retries it; it is never read as a condition."""
+    from botocore.exceptions import ClientError
+
+    real, fired = store.client, []
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(real, name)
+            if name != "transact_write_items":
+                return attr
+
+            def call(**kw: Any) -> Any:
+                if len(fired) < 2:
+                    fired.append(1)
+                    n = len(kw["TransactItems"])
+                    raise ClientError({"Error": {"Code": "TransactionCanceledException"},
+                                       "CancellationReasons": [{"Code": "None"}] * (n - 1)
+                                       + [{"Code": "TransactionConflict"}]},
+                                      "TransactWriteItems")
+                return attr(**kw)
+            return call
+
+    @app.job("parent")
+    def parent(ctx: jobstate.StepContext) -> Any:
+        if not ctx.cursor.get("spawned"):
+            ctx.cursor["spawned"] = True
+            ctx.spawn("kid", [1, 2])
+            return None
+        return ctx.complete(sorted(c.result for c in ctx.children()))
+
+    @app.job("kid")
+    def kid(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.input * 10)
+
+    app.start("parent", None, job_id="conflicted")
+    store._client = Proxy()
+    try:
+        drain(app, cont)
+    finally:
+        store._client = real
+    assert len(fired) == 2
+    job = store.get("conflicted")
+    assert job.status is JobStatus.SUCCEEDED and job.result == [10, 20]

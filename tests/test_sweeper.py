@@ -259,3 +259,32 @@ def test_cancelled_job_is_not_swept(app, cont, store, clock):
     clock.advance(3600)
     assert jobstate.sweep(store, cont).scanned == 0
     assert cont.pop_all() == []
+
+
+def test_a_parent_waiting_past_its_deadline_fails_and_its_children_are_cancelled(
+        app, cont, store, clock):
+    @app.job("parent", deadline=600)
+    def parent(ctx: jobstate.StepContext) -> Any:
+        if not ctx.cursor.get("spawned"):
+            ctx.cursor["spawned"] = True
+            ctx.spawn("napper", [1, 2])
+            return None
+        return ctx.complete("joined")
+
+    @app.job("napper", max_steps=1000)
+    def napper(ctx: jobstate.StepContext) -> Any:
+        ctx.sleep(3600)  # children that take far longer than the parent may wait
+
+    jid = app.start("parent", None, job_id="late-parent")
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get(jid).status is JobStatus.WAITING
+    clock.advance(300)
+    jobstate.sweep(store, cont)
+    assert store.get(jid).status is JobStatus.WAITING  # not before its deadline
+    clock.advance(400)
+    report = jobstate.sweep(store, cont)
+    job = store.get(jid)
+    assert job.status is JobStatus.FAILED and "deadline" in (job.error or "")
+    assert report.failed_guards == 1
+    kids = [store.get(f"{jid}.s0.{i}") for i in range(2)]
+    assert [k.status for k in kids] == [JobStatus.CANCELLED] * 2
