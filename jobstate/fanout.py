@@ -33,7 +33,7 @@ from .dynamo import (
     av,
     error_code,
 )
-from .errors import InvalidInput, JobNotFound
+from .errors import InvalidInput, JobCancelled, JobConflict, JobNotFound
 from .protocol import Lease, State
 from .records import JobView, Progress
 from .status import JobStatus
@@ -42,6 +42,7 @@ from .store import JobStore, Limits, _job_key, routing
 if TYPE_CHECKING:
     from .context import StepContext
 
+PARENT_STEP = "parent_step"  # on a child item: the parent step that spawned it
 QUEUED_UNTIL = 9_999_999_999_999  # not_before of a child waiting for a concurrency slot
 POLICIES = ("fail", "continue")
 MAX_CHILDREN = 100_000
@@ -142,7 +143,8 @@ def spawn(
     items = []
     for i, (cid, inp) in enumerate(zip(ids, inputs, strict=True)):
         queued = i >= k
-        extra: dict[str, Any] = {"parent_type": lease.job_type, "ancestors": ancestors_json}
+        extra: dict[str, Any] = {"parent_type": lease.job_type, "ancestors": ancestors_json,
+                                 PARENT_STEP: lease.step}
         if i + k < n:
             extra["release_id"] = ids[i + k]
         if queued:
@@ -153,7 +155,7 @@ def spawn(
             runnable_now=not queued, extra=extra,
         )
         items.append(item)
-    _put_all_if_absent(store, items)
+    _put_all_if_absent(store, items, lease.job_id, lease.step)
     events = [step_event(ids[i], 0, job_type, **route) for i in range(min(k, n))]
     raise Suspend(Spawned(job_type, n, max_concurrency, on_child_failure, events,
                           ids if child_ids is not None else None))
@@ -167,11 +169,18 @@ def _child_limits(ctx: StepContext, job_type: str) -> Limits:
     return Limits()
 
 
-def _put_all_if_absent(store: JobStore, items: list[dict[str, Any]]) -> None:
-    """Create items that do not exist yet; existing ones (a re-run spawn) are kept.
+def _put_all_if_absent(store: JobStore, items: list[dict[str, Any]], parent_id: str,
+                       spawn_step: int) -> None:
+    """Create the children; keep those this spawn made before (a re-run spawn).
 
-    A refused transaction says which puts met an existing item; the rest go again in one
-    transaction, so a re-run spawn costs two requests per 100 children, not 100.
+    An existing item with a child's id is overwritten when it has expired (TTL deletes
+    late; every read treats it as absent already). A live one that this same spawn did not
+    make (another parent's, another spawn's, an unrelated job) raises JobConflict before
+    the parent commits: adopting it would leave the parent waiting for a child that never
+    runs or joins.
+
+    A refused transaction says which puts met an existing item (and returns it); the rest
+    go again in one transaction, so a re-run spawn costs two requests per 100 children.
     """
     for i in range(0, len(items), 100):
         chunk = items[i:i + 100]
@@ -181,7 +190,8 @@ def _put_all_if_absent(store: JobStore, items: list[dict[str, Any]]) -> None:
             try:
                 store.call("transact_write_items", TransactItems=[
                     {"Put": {"TableName": store.table_name, "Item": it,
-                             "ConditionExpression": "attribute_not_exists(pk)"}}
+                             **_absent_or_expired(store),
+                             "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
                     for it in chunk
                 ])
                 break
@@ -190,21 +200,63 @@ def _put_all_if_absent(store: JobStore, items: list[dict[str, Any]]) -> None:
                     raise
                 reasons = exc.response.get("CancellationReasons") or []
                 if len(reasons) != len(chunk):
-                    _put_each_if_absent(store, chunk)
+                    _put_each_if_absent(store, chunk, parent_id, spawn_step)
                     break
-                chunk = [it for it, r in zip(chunk, reasons, strict=True)
-                         if r.get("Code") not in (CANCELLED_BY_CONDITION, CONDITION_FAILED)]
+                rest = []
+                for it, r in zip(chunk, reasons, strict=True):
+                    if r.get("Code") in (CANCELLED_BY_CONDITION, CONDITION_FAILED):
+                        old: Any = r.get("Item")
+                        _check_ours(store, it, dict(old) if old else None, parent_id,
+                                    spawn_step)
+                    else:
+                        rest.append(it)
+                chunk = rest
         else:
-            _put_each_if_absent(store, chunk)
+            _put_each_if_absent(store, chunk, parent_id, spawn_step)
 
 
-def _put_each_if_absent(store: JobStore, items: list[dict[str, Any]]) -> None:
+def _absent_or_expired(store: JobStore) -> dict[str, Any]:
+    # The same test as JobStore._expired: expires_at * 1000 < now_ms.
+    limit = (store.clock.now_ms() - 1) // 1000
+    return {"ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :exp_limit",
+            "ExpressionAttributeValues": {":exp_limit": av(limit)}}
+
+
+def _check_ours(store: JobStore, item: dict[str, Any], old: dict[str, Any] | None,
+                parent_id: str, spawn_step: int) -> None:
+    """The live item that kept a child's put from being written must be this spawn's own."""
+    job_id = item["job_id"]["S"]
+    if old is None:  # a backend that did not return it
+        old = store.get_raw(job_id)
+        if old is None:  # expired or deleted meanwhile: write ours
+            _put_each_if_absent(store, [item], parent_id, spawn_step)
+            return
+    old_parent = old.get("parent_id", {}).get("S")
+    old_step = old.get(PARENT_STEP, {}).get("N")
+    if old_parent == parent_id and (old_step is None or int(old_step) == spawn_step):
+        return  # a re-run spawn: the child is there already
+    owner = (f"a child of job {old_parent!r}" + (f" (spawned at step {old_step})"
+                                                 if old_step is not None else "")
+             if old_parent else "a job that is no child")
+    raise JobConflict(
+        f"cannot spawn child {job_id!r} of job {parent_id!r} at step {spawn_step}: a live job "
+        f"with that id exists, {owner}. Child ids must be unique among live jobs; pass "
+        "other child_ids (e.g. with the step in them), or wait until the old job expires.",
+        job_id=job_id,
+    )
+
+
+def _put_each_if_absent(store: JobStore, items: list[dict[str, Any]], parent_id: str,
+                        spawn_step: int) -> None:
     for it in items:
         try:
-            store.call("put_item", Item=it, ConditionExpression="attribute_not_exists(pk)")
+            store.call("put_item", Item=it, **_absent_or_expired(store),
+                       ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as e:
             if error_code(e) != CONDITION_FAILED:
                 raise
+            old: Any = e.response.get("Item")
+            _check_ours(store, it, dict(old) if old else None, parent_id, spawn_step)
 
 
 def commit_spawn(store: JobStore, lease: Lease, state: State,
@@ -230,14 +282,30 @@ def commit_spawn(store: JobStore, lease: Lease, state: State,
         .add("pending", spawned.count)
         .add("run_ms", max(0, now - lease.claimed_at))
     )
-    if spawned.max_concurrency is not None:
-        upd.set("max_concurrency", spawned.max_concurrency)
-    if spawned.custom_ids is not None:
-        upd.set("child_ids", codec.dumps(spawned.custom_ids, "child_ids"))
+    # Both describe the latest spawn only: an earlier spawn's must not stay behind.
+    upd.set_opt("max_concurrency", spawned.max_concurrency)
+    upd.set_opt("child_ids", None if spawned.custom_ids is None
+                else codec.dumps(spawned.custom_ids, "child_ids"))
     upd.sets.append(f"#step = {upd.value('next', nxt)}")
-    resp = protocol._update(store, lease, upd, "spawn commit", returns="UPDATED_NEW")
+    try:
+        resp = protocol._update(store, lease, upd, "spawn commit", returns="UPDATED_NEW")
+    except JobCancelled:
+        _cancel_spawned(store, lease, spawned)
+        raise
     pending = int(resp.get("Attributes", {}).get("pending", {}).get("N", "1"))
     return nxt, pending <= 0
+
+
+def _cancel_spawned(store: JobStore, lease: Lease, spawned: Spawned) -> None:
+    """The parent was cancelled between making its children and committing the spawn:
+    cancel those children (best effort) so that they do not run as orphans."""
+    from .errors import JobStateError
+
+    ids = spawned.custom_ids or [child_id(lease.job_id, lease.step, i)
+                                 for i in range(spawned.count)]
+    for cid in ids:
+        with contextlib.suppress(JobStateError):  # finished, gone, or store trouble
+            store.cancel(cid, f"parent {lease.job_id} was cancelled while it spawned")
 
 
 def join_actions(store: JobStore, lease: Lease, status: str, result_json: str | None,
@@ -267,9 +335,17 @@ def join_actions_for(store: JobStore, job: JobView, status: str, result_json: st
         link["error"] = av(error[:2000])
     parent = (Update().add("pending", -1).set("due_at", now + store.dispatch_timeout_ms)
               .set("dk", schema.due_hash(job.parent_id)).where("attribute_exists(pk)"))
+    # A link exists already when this child joined before (resumed, finished again): the
+    # join is refused, so it never counts twice. A link older than this child's item is
+    # stale (left by an expired job that had this id): it is overwritten.
+    put: dict[str, Any] = {"TableName": store.table_name, "Item": link,
+                           "ConditionExpression": "attribute_not_exists(sk)"}
+    if job.created_at is not None:
+        put["ConditionExpression"] += " OR joined_at < :stale_before"
+        put["ExpressionAttributeValues"] = {
+            ":stale_before": av(job.created_at - store.retention_s * 500)}
     actions: list[dict[str, Any]] = [
-        {"Put": {"TableName": store.table_name, "Item": link,
-                 "ConditionExpression": "attribute_not_exists(sk)"}},
+        {"Put": put},
         {"Update": {"TableName": store.table_name, "Key": _job_key(job.parent_id),
                     **parent.kwargs()}},
     ]
@@ -312,10 +388,23 @@ def after_join_for(store: JobStore, job: JobView) -> list[dict[str, Any]]:
     return events
 
 
-def children(store: JobStore, parent_id: str) -> list[ChildView]:
-    """Finished children of a job (their CHILD# links), in index order."""
+def children(store: JobStore, parent_id: str,
+             parent: JobView | None = None) -> list[ChildView]:
+    """Finished children of the job's latest spawn (their CHILD# links), in index order.
+
+    Links of earlier spawns are left out. A child whose link says it did not succeed is
+    read too: if it was resumed and has since finished otherwise (its second join is
+    refused so it never counts twice, and the link keeps the first outcome), its own
+    item's outcome is the one reported.
+    """
+    if parent is None:
+        raw = store.get_raw(parent_id)
+        parent = store.view(raw, secrets=False) if raw is not None else None
+    ids = set(child_ids_of(parent)) if parent is not None else set()
     out = []
     for item in store._query_prefix(parent_id, "CHILD#"):
+        if item["child_id"]["S"] not in ids:
+            continue
         out.append(ChildView(
             child_id=item["child_id"]["S"],
             index=int(item["index"]["N"]) if "index" in item else None,
@@ -323,8 +412,24 @@ def children(store: JobStore, parent_id: str) -> list[ChildView]:
             result=codec.loads(item.get("result", {}).get("S")),
             error=item.get("error", {}).get("S"),
         ))
+    out = _refresh_unsuccessful(store, out)
     out.sort(key=lambda c: (c.index if c.index is not None else 1 << 60, c.child_id))
     return out
+
+
+def _refresh_unsuccessful(store: JobStore, links: list[ChildView]) -> list[ChildView]:
+    stale = {c.child_id: c for c in links if c.status != JobStatus.SUCCEEDED}
+    if not stale:
+        return links  # the common case costs no read
+    now = {}
+    for raw in store.batch_get_raw([_job_key(c) for c in stale]):
+        if store._expired(raw):
+            continue
+        view = store.view(raw, secrets=False)
+        if view.status.terminal and view.status != stale[view.job_id].status:
+            now[view.job_id] = ChildView(view.job_id, stale[view.job_id].index, view.status,
+                                         view.result, view.error)
+    return [now.get(c.child_id, c) for c in links]
 
 
 def before_step(store: JobStore, lease: Lease) -> str | None:
@@ -332,7 +437,7 @@ def before_step(store: JobStore, lease: Lease) -> str | None:
     job = lease.job
     if job.spawn_step is None or lease.step != job.spawn_step + 1 or job.child_policy != "fail":
         return None
-    failed = [c for c in children(store, job.job_id) if c.status != JobStatus.SUCCEEDED]
+    failed = [c for c in children(store, job.job_id, job) if c.status != JobStatus.SUCCEEDED]
     if not failed:
         return None
     first = failed[0]

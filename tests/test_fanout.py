@@ -513,3 +513,98 @@ def test_a_re_run_spawn_costs_a_few_requests_not_one_per_child(app, cont, store,
     driver.deliver(cont.pop_all()[0], crash_at="before_commit")  # the spawn runs again
     assert log.writes <= 2 * first, (first, log.ops)
     assert "PutItem" not in log.ops
+
+
+def test_children_and_the_failure_policy_see_only_the_latest_spawn(app, cont, store, clock):
+    seen: dict[int, list[str]] = {}
+
+    @app.job("twice")
+    def twice(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            ctx.spawn("pick", [True, False], on_child_failure="continue")
+        if ctx.step == 1:
+            seen[1] = [c.status.value for c in ctx.children()]
+            ctx.spawn("pick", [True, True])  # policy 'fail': spawn 1's failure is not its
+        seen[2] = [c.child_id for c in ctx.children()]
+        return ctx.complete(None)
+
+    @app.job("pick", max_attempts=1)
+    def pick(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete("ok") if ctx.input else ctx.fail("bad input")
+
+    app.start("twice", None, job_id="tw")
+    drain(app, cont, clock)
+    assert store.get("tw").status is JobStatus.SUCCEEDED
+    assert sorted(seen[1]) == ["FAILED", "SUCCEEDED"]
+    assert seen[2] == ["tw.s1.0", "tw.s1.1"]
+
+
+def test_a_resumed_child_that_succeeds_counts_as_succeeded(app, cont, store, clock):
+    flaky = {"fail": True}
+
+    @app.job("par")
+    def par(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            ctx.spawn("kid", [0, 1])
+        return ctx.complete([c.result for c in ctx.children()])
+
+    @app.job("kid", max_attempts=1)
+    def kid(ctx: jobstate.StepContext) -> Any:
+        if ctx.input == 1 and flaky["fail"]:
+            raise RuntimeError("downstream 503")
+        return ctx.complete(f"r{ctx.input}")
+
+    app.start("par", None, job_id="pp")
+    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    ev = {e["jobstate"]["job_id"]: e for e in cont.pop_all()}
+    app.handler(ev["pp.s0.1"], FakeLambdaContext(clock))
+    assert store.get("pp.s0.1").status is JobStatus.FAILED
+    flaky["fail"] = False
+    store.resume("pp.s0.1")
+    app.handler(ev["pp.s0.1"], FakeLambdaContext(clock))
+    app.handler(ev["pp.s0.0"], FakeLambdaContext(clock))
+    drain(app, cont, clock)
+    p = store.get("pp")
+    assert p.status is JobStatus.SUCCEEDED and p.result == ["r0", "r1"]
+
+
+def test_a_reused_parent_id_overwrites_its_expired_children(app, cont, store, clock):
+    @app.job("reuse")
+    def reuse(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            ctx.spawn("tenfold", list(ctx.input))
+        return ctx.complete([c.result for c in ctx.children()])
+
+    @app.job("tenfold")
+    def tenfold(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.input * 10)
+
+    app.start("reuse", [1, 2], job_id="ru")
+    drain(app, cont, clock)
+    clock.advance(store.retention_s + 60)  # expired, not yet deleted by TTL
+    app.start("reuse", [3, 4], job_id="ru")
+    drain(app, cont, clock)
+    p = store.get("ru")
+    assert p.status is JobStatus.SUCCEEDED and p.result == [30, 40]
+
+
+def test_a_child_id_held_by_a_live_job_of_another_spawn_is_a_conflict(app, cont, store, clock):
+    @app.job("clash")
+    def clash(ctx: jobstate.StepContext) -> Any:
+        if ctx.step in (0, 1):
+            ctx.spawn("tenfold2", [ctx.step], child_ids=["item-a"])
+        return ctx.complete(None)
+
+    @app.job("tenfold2")
+    def tenfold2(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.input)
+
+    app.start("clash", None, job_id="cl")
+    drain(app, cont, clock)
+    for _ in range(4):
+        clock.advance(1200)
+        jobstate.sweep(store, cont)
+        drain(app, cont, clock)
+    p = store.get("cl")
+    assert p.status is JobStatus.FAILED and "JobConflict" in (p.error or "")
+    assert p.pending_children == 0  # the conflict struck before the parent committed
