@@ -86,8 +86,10 @@ def run(store: jobstate.JobStore, continuation: jobstate.Continuation, context: 
         report = jobstate.sweep(store, continuation, limit=limit, next_token=token)
         pages += 1
         for k, v in report.to_dict().items():
-            if k != "next_token":
+            if isinstance(v, int):
                 totals[k] = totals.get(k, 0) + v
+        if report.first_dispatch_error and not totals.get("first_dispatch_error"):
+            totals["first_dispatch_error"] = report.first_dispatch_error
         token = report.next_token
         if token is None:
             break
@@ -116,7 +118,10 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     with observe.invocation(context, by_job_type=False):
         counts = run(_store(), _continuation(), context)
         observe.count("SweepDispatched", counts["dispatched"])
+        # Due jobs it could not send (a type with no function, a denied invoke) - alarmed.
+        observe.count("SweepDispatchErrors", counts["dispatch_errors"])
         # Jobs the sweeper failed (past their deadline) count for the JobsFailed alarm.
         observe.count("JobsFailed", counts["failed_guards"])
-        observe.event("swept", **{k: v for k, v in counts.items() if v})
+        level = logging.WARNING if counts["dispatch_errors"] else logging.INFO
+        observe.event("swept", level, **{k: v for k, v in counts.items() if v})
     return counts

@@ -588,14 +588,22 @@ def sweep(as_json: bool, function_name: str | None, limit: int,
     if not name:
         raise click.UsageError("sweep needs --function NAME (the Lambda function that runs "
                                "the jobs), or JOBSTATE_FUNCTION.")
-    report = run_sweep(settings().store(), continuation(name, lambda_endpoint_url), limit=limit)
+    store = settings().store()
+    report = run_sweep(store, continuation(name, lambda_endpoint_url), limit=limit)
     if as_json:
         emit(report.to_dict())
     else:
         out.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.to_dict().items()
-                            if v and k != "next_token") or "nothing due")
+                            if v and isinstance(v, int)) or "nothing due")
         if report.next_token:
             out.print("more jobs are due: run it again")
+    if report.dispatch_errors:
+        # Exit 1 so a script notices; those jobs are postponed, not lost.
+        click.echo(f"error: could not dispatch {report.dispatch_errors} due job(s), the first "
+                   f"because: {report.first_dispatch_error} They are due again in "
+                   f"{store.dispatch_timeout_ms // 1000} s; fix the cause and sweep again "
+                   "then.", err=True)
+        raise click.exceptions.Exit(1)
 
 
 @cli.command("create-table")

@@ -48,9 +48,10 @@ class SweepReport:
     paused: int = 0
     waiting_children: int = 0
     raced: int = 0
-    dispatch_errors: int = 0
+    dispatch_errors: int = 0  # those jobs were postponed by the dispatch timeout, not lost
     cleaned: int = 0  # finished jobs left in the due index (a late join), taken out
     next_token: str | None = None
+    first_dispatch_error: str | None = None  # what went wrong with the first of those
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +160,8 @@ def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], n
         continuation.dispatch(step_event(job_id, step, job_type, **extra), context=context)
     except DispatchFailed as exc:
         report.dispatch_errors += 1
+        if report.first_dispatch_error is None:
+            report.first_dispatch_error = str(exc)
         observe.event("dispatch_failed", logging.WARNING, job_id=job_id, step=step,
                       detail=str(exc))
         return

@@ -437,8 +437,9 @@ def check_alarms(cfn: dict[str, Any], workers: tuple[str, ...] = WORKERS) -> lis
                 problems.append(f"{fn}: no {metric} > 0 alarm")
     if not has("ApproximateNumberOfMessagesVisible", "AWS/SQS", "OnFailureQueue"):
         problems.append("OnFailureQueue: no depth alarm")
-    if not has("JobsFailed", "jobstate", None):
-        problems.append("no jobstate/JobsFailed alarm")
+    for metric in ("JobsFailed", "SweepDispatchErrors"):
+        if not has(metric, "jobstate", None):
+            problems.append(f"no jobstate/{metric} alarm")
     return problems
 
 

@@ -186,11 +186,26 @@ def test_cancel_resume_pause(url, table, jobs):
 def test_sweep(url, table, jobs):
     r = run(url, table, "sweep")
     assert "--function" in one_error_line(r, 2)
+    # A job whose start event was lost an hour ago is due; its function does not exist.
+    clock = jobstate.ManualClock(int(time.time() * 1000) - 3600 * 1000)
+    cont = jobstate.InMemoryContinuation()
+    past = jobstate.App(jobstate.JobStore(table, endpoint_url=url, clock=clock), cont)
+    past.specs.update(app.specs)
+    lost = past.start("count", {"n": 1}, job_id="lost-start-1")
+    cont.pop_all()
     r = run(url, table, "sweep", "--function", "no-such-fn", "--lambda-endpoint-url", url,
-            "--json", "--limit", "50")
-    assert r.exit_code == 0, r.stderr
+            "--json", "--limit", "500")
+    line = one_error_line(r)  # exit 1: a script must notice nothing was sent
+    assert "could not dispatch" in line and "no-such-fn" in line and "due again in" in line
     report = json.loads(r.stdout)
-    assert report["scanned"] >= 0 and "dispatch_errors" in report
+    assert report["dispatch_errors"] >= 1 and "no-such-fn" in report["first_dispatch_error"]
+    # Postponed, not lost: still PENDING, and due again after the dispatch timeout.
+    store = jobstate.JobStore(table, endpoint_url=url)
+    job = store.get(lost)
+    assert job.status is jobstate.JobStatus.PENDING
+    assert job.due_at is not None and job.due_at > int(time.time() * 1000)
+    assert run(url, table, "sweep", "--function", "no-such-fn", "--lambda-endpoint-url",
+               url).exit_code == 0  # nothing due now
 
 
 def test_errors_are_one_line(url, table):

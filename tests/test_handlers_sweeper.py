@@ -84,6 +84,7 @@ def test_routes_by_job_type_and_never_to_itself(
     assert targets == [("stack-etl-poller", "etl-poller"),
                        ("stack-file-processor", "file-processor")]
     assert counts["dispatched"] == 2 and counts["dispatch_errors"] == 1  # "mystery" stays due
+    assert "no function for job type 'mystery'" in counts["first_dispatch_error"]
     # With a default, the unmapped type goes there (never to the sweeper itself).
     jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
     cont = sweeper.RoutedContinuation(ROUTES, "stack-file-processor", client=stub)
@@ -137,6 +138,7 @@ def test_handler_reads_env_and_returns_counts(
     assert {n for n, _ in stub.invokes} == {"stack-etl-poller"}
     emf = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if '"_aws"' in ln]
     assert len(emf) == 1 and emf[0]["SweepDispatched"] == 2 and emf[0]["JobsFailed"] == 0
+    assert emf[0]["SweepDispatchErrors"] == 0
     assert emf[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [[]]
 
 
