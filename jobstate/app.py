@@ -392,7 +392,7 @@ class App:
             if retry_in is None:
                 # state None: keep the last checkpoint, not the claim's copy.
                 protocol.finish(self.store, lease, None, JobStatus.FAILED, error=message,
-                    error_type=type(exc).__name__,
+                    error_type=type(exc).__name__, attempt=attempt,
                     extra_actions=self._join_actions(lease, "FAILED", None, message))
                 self._after_terminal(lease, None)
                 report = self._done(lease, "failed", message, JobStatus.FAILED)

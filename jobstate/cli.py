@@ -461,26 +461,40 @@ def resume(as_json: bool, target: str, kind: str | None, function_name: str | No
            lambda_endpoint_url: str | None) -> None:
     """Resume a paused job TYPE, or a failed/cancelled job (TARGET is a job id)."""
     store = settings().store()
+    state: bool | None = None
     if kind is None:
         if store.get_raw(target) is not None:
             kind = "job"
-        elif store.is_paused(target, fresh=True):
-            kind = "type"
         else:
-            raise CliError(f"no job {target!r} and no paused job type {target!r} in table "
-                           f"{store.table_name!r}; check the name (or say --job / --type).")
+            state = store.pause_state(target)
+            if state is None:
+                raise CliError(f"no job {target!r} and no job type {target!r} that was "
+                               f"ever paused in table {store.table_name!r}; check the name "
+                               "(or say --job / --type).")
+            kind = "type"
     if kind == "job":
         _resume_job(store, target, function_name, lambda_endpoint_url, as_json,
                     max_steps=max_steps, deadline_s=deadline)
         return
     if max_steps is not None or deadline is not None:
         raise CliError("--max-steps and --deadline apply to a job, not to a job type.")
-    woken = store.set_paused(target, False)
+    if function_name is not None:
+        raise CliError("--function applies to a job, not to a job type: the sweeper "
+                       "dispatches a resumed type's jobs.")
+    if state is None:
+        state = store.pause_state(target)
+    if state is None:
+        raise CliError(f"job type {target!r} was never paused in table "
+                       f"{store.table_name!r}, so there is nothing to resume; check the "
+                       "name (`jobstate list --type TYPE` shows a type's jobs).")
+    woken = store.set_paused(target, False) if state else 0
     if as_json:
         emit({"job_type": target, "paused": False, "due_now": woken})
-    else:
+    elif state:
         out.print(f"resumed {target}: {woken} of its jobs are due now; the sweeper "
                   "dispatches them on its next run")
+    else:
+        out.print(f"{target} is not paused; nothing to do")
 
 
 @cli.command("resume-job")

@@ -359,6 +359,14 @@ def join_actions_for(store: JobStore, job: JobView, status: str, result_json: st
     return actions
 
 
+def relink_actions(joins: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For a child that joined before: rewrite its link with the new outcome, and count
+    nothing (the parent's pending count and a released sibling were settled then)."""
+    put = joins[0]["Put"]
+    return [{"Put": {"TableName": put["TableName"], "Item": put["Item"],
+                     "ConditionExpression": "attribute_exists(sk)"}}]
+
+
 def after_join(store: JobStore, lease: Lease) -> list[dict[str, Any]]:
     """Events to send after a child's terminal commit: the released child, the parent."""
     return after_join_for(store, lease.job)
@@ -392,10 +400,10 @@ def children(store: JobStore, parent_id: str,
              parent: JobView | None = None) -> list[ChildView]:
     """Finished children of the job's latest spawn (their CHILD# links), in index order.
 
-    Links of earlier spawns are left out. A child whose link says it did not succeed is
-    read too: if it was resumed and has since finished otherwise (its second join is
-    refused so it never counts twice, and the link keeps the first outcome), its own
-    item's outcome is the one reported.
+    Links of earlier spawns are left out. A child that was resumed and finished again
+    rewrites its link (without counting twice); a link that still says it did not succeed
+    is checked against the child's own item too (a link written before links were
+    rewritten, or a child item rewritten since), and that item's outcome is reported.
     """
     if parent is None:
         raw = store.get_raw(parent_id)

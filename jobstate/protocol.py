@@ -376,6 +376,7 @@ def finish(
     error_type: str | None = None,
     extra_actions: list[dict[str, Any]] | None = None,
     advance: bool | None = None,
+    attempt: int | None = None,
 ) -> None:
     """Terminal commit: SUCCEEDED or FAILED (fenced). `extra_actions` join a transaction.
 
@@ -384,7 +385,8 @@ def finish(
     The step number moves to N+1 only when step N's own result is committed (SUCCEEDED,
     or `advance=True` for `ctx.fail`): a step that failed (error, parked effect, guard)
     did not commit, so the job stays at N and `resume` re-runs it rather than skipping it
-    with the state from before it.
+    with the state from before it. `attempt` records the failed attempt's number (a step
+    that raised on its last attempt).
     """
     now = store.clock.now_ms()
     upd = _fenced(lease, now)
@@ -411,26 +413,40 @@ def finish(
     if error is not None:
         upd.set("error", error[:4000])
         upd.set("error_type", error_type or "Error")
+    if attempt is not None:
+        upd.set("attempt", attempt)
     if not extra_actions:
         _update(store, lease, upd, "completion",
                 applied=lambda raw: raw.get("status", {}).get("S") == status.value)
-        if status == JobStatus.FAILED:
-            record_history(store, lease, "failed", detail=error)
-        return
-    kw = upd.kwargs()
-    action = {"Update": {"TableName": store.table_name, "Key": _job_key(lease.job_id), **kw,
-                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
-    try:
-        transact(store, lease, [action, *extra_actions], "completion")
-    except ClientError as exc:
-        reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-        if len(reasons) > 1 and reasons[1] in (CANCELLED_BY_CONDITION, CONDITION_FAILED):
-            # This child joined its parent before (it was resumed and finished again):
-            # finish it without counting it twice.
-            finish(store, lease, state, status, result_json=result_json, error=error,
-                   error_type=error_type, advance=advance)
+    else:
+        _finish_joined(store, lease, upd, extra_actions)
+    if status == JobStatus.FAILED:
+        record_history(store, lease, "failed", detail=error, attempt=attempt)
+
+
+def _finish_joined(store: JobStore, lease: Lease, upd: Update,
+                   joins: list[dict[str, Any]]) -> None:
+    """The terminal update and the child's join to its parent, in one transaction.
+
+    A child that joined before (it was resumed and finished again) must not count twice:
+    its join is refused, and it finishes with its link rewritten to the new outcome
+    instead (so the parent's next `ctx.children()` sees it), the pending count untouched.
+    """
+    from .fanout import relink_actions
+
+    action = {"Update": {"TableName": store.table_name, "Key": _job_key(lease.job_id),
+                         **upd.kwargs(), "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+    for actions in (joins, relink_actions(joins)):
+        try:
+            transact(store, lease, [action, *actions], "completion")
             return
-        raise
+        except ClientError as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if len(reasons) < 2 or reasons[1] not in (CANCELLED_BY_CONDITION,
+                                                      CONDITION_FAILED):
+                raise
+    # The link vanished between the two (its TTL): finish without one.
+    _update(store, lease, upd, "completion")
 
 
 def transact(store: JobStore, lease: Lease, actions: list[dict[str, Any]], what: str) -> None:

@@ -720,10 +720,23 @@ class JobStore:
             if first.get("Code") not in ("None", None):
                 item: Any = first.get("Item")
                 return self._cancel_refused(job_id, dict(item) if item else None)
-            # Only the join was refused (this child joined before): cancel without it.
-            resp = self.call("update_item", Key=_job_key(job_id), ReturnValues="ALL_NEW",
-                             **upd.kwargs())
-            return self.view(resp["Attributes"], secrets=False)
+            # Only the join was refused (this child joined before): cancel without
+            # counting it again, its link rewritten to CANCELLED (or gone: no link).
+            from .fanout import relink_actions
+
+            for retry in ([action, *relink_actions(joins)], [action]):
+                try:
+                    self.call("transact_write_items", TransactItems=retry)
+                    break
+                except ClientError as again:
+                    if error_code(again) != TRANSACTION_CANCELLED:
+                        raise
+                    codes = [r.get("Code") for r in
+                             again.response.get("CancellationReasons", [])]
+                    if codes and codes[0] not in ("None", None):
+                        first = again.response["CancellationReasons"][0]
+                        item = first.get("Item")
+                        return self._cancel_refused(job_id, dict(item) if item else None)
         return self.get(job_id)
 
     def _cancel_refused(self, job_id: str, old: dict[str, Any] | None) -> JobView:
@@ -817,22 +830,51 @@ class JobStore:
         """Pause or resume a job type. Resuming makes its jobs (and their children, which
         a paused ancestor paused too) due now, so the next sweep dispatches them.
 
-        Returns how many jobs were made due (0 when pausing).
+        Returns how many jobs were made due (0 when pausing). Both are idempotent:
+        resuming a type that is not paused writes nothing and wakes nothing (its jobs were
+        not held), so a repeated or concurrent resume is a no-op.
         """
         codec.validate_job_type(job_type)
         if reason:
             validate_reason(reason)
-        item = {
-            "pk": av(schema.type_pk(job_type)),
-            "sk": av(schema.CONTROL_SK),
-            "paused": av(paused),
-            "reason": av(reason or ("paused by operator" if paused else "resumed")),
-            "updated_at": av(self.clock.now_ms()),
-        }
-        self.call("put_item", Item=item)
+        key = {"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)}
+        now = self.clock.now_ms()
+        if paused:
+            self.call("put_item", Item={
+                **key, "paused": av(True), "reason": av(reason or "paused by operator"),
+                "updated_at": av(now)})
+        else:
+            try:
+                self.call(
+                    "update_item", Key=key,
+                    UpdateExpression="SET paused = :f, reason = :r, updated_at = :now",
+                    ConditionExpression="paused = :t",
+                    ExpressionAttributeValues={":f": av(False), ":t": av(True),
+                                               ":r": av(reason or "resumed"),
+                                               ":now": av(now)},
+                )
+            except ClientError as exc:
+                if error_code(exc) != CONDITION_FAILED:
+                    raise
+                # Not paused (or never was): none of its jobs were held.
+                with self._lock:
+                    self._pause_cache[job_type] = (now + self.pause_cache_ms, False)
+                return 0
         with self._lock:
-            self._pause_cache[job_type] = (self.clock.now_ms() + self.pause_cache_ms, paused)
+            self._pause_cache[job_type] = (now + self.pause_cache_ms, paused)
         return 0 if paused else self._wake_type(job_type)
+
+    def pause_state(self, job_type: str) -> bool | None:
+        """True if the type is paused, False if it was paused and resumed since, None if
+        it was never paused (no control item: an unknown or mistyped type). A strong read,
+        for operators; steps use the cached `is_paused`."""
+        codec.validate_job_type(job_type)
+        resp = self.call(
+            "get_item", Key={"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)},
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return None if item is None else bool(item.get("paused", {}).get("BOOL", False))
 
     def _wake_type(self, job_type: str) -> int:
         """Make every ready, unleased job of the type, and of its job trees, due now."""

@@ -181,6 +181,18 @@ def test_cancel_resume_pause(url, table, jobs):
     r = run(url, table, "resume", "count", "--json")  # not a job id: the type
     assert json.loads(r.stdout) == {"job_type": "count", "paused": False, "due_now": 0}
     assert not store.is_paused("count", fresh=True)
+    # Resuming again is a no-op (a retried runbook step must not fail), by name or --type.
+    for args in (["count"], ["count", "--type"]):
+        r = run(url, table, "resume", *args)
+        assert r.exit_code == 0 and "not paused; nothing to do" in r.stdout, r.stderr
+    # A type that was never paused is a typo until shown otherwise: refused, nothing written.
+    line = one_error_line(run(url, table, "resume", "cuont", "--type"))
+    assert "'cuont' was never paused" in line and "check the name" in line
+    assert store.pause_state("cuont") is None
+    assert "no job 'cuont' and no job type" in one_error_line(run(url, table, "resume",
+                                                                  "cuont"))
+    assert "--function applies to a job" in one_error_line(
+        run(url, table, "resume", "count", "--type", "--function", "fn"))
 
 
 def test_sweep(url, table, jobs):

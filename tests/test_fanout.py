@@ -562,10 +562,43 @@ def test_a_resumed_child_that_succeeds_counts_as_succeeded(app, cont, store, clo
     flaky["fail"] = False
     store.resume("pp.s0.1")
     app.handler(ev["pp.s0.1"], FakeLambdaContext(clock))
+    # The second finish rewrote the child's link (not just the child's item), without
+    # counting the child twice: the parent still waits for child 0 alone.
+    link = store.call("get_item", Key={"pk": {"S": "JOB#pp"}, "sk": {"S": "CHILD#pp.s0.1"}},
+                      ConsistentRead=True)["Item"]
+    assert link["status"]["S"] == "SUCCEEDED" and "error" not in link
+    assert jobstate.codec.loads(link["result"]["S"]) == "r1"
+    assert store.get("pp").pending_children == 1
     app.handler(ev["pp.s0.0"], FakeLambdaContext(clock))
     drain(app, cont, clock)
     p = store.get("pp")
     assert p.status is JobStatus.SUCCEEDED and p.result == ["r0", "r1"]
+    assert p.pending_children == 0
+
+
+def test_a_resumed_child_that_is_cancelled_rewrites_its_link(app, cont, store, clock):
+    @app.job("par2")
+    def par2(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            ctx.spawn("kid2", [0, 1])
+        return ctx.complete(None)
+
+    @app.job("kid2", max_attempts=1)
+    def kid2(ctx: jobstate.StepContext) -> Any:
+        if ctx.input == 1:
+            raise RuntimeError("downstream 503")
+        return ctx.complete(None)
+
+    app.start("par2", None, job_id="pc")
+    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    ev = {e["jobstate"]["job_id"]: e for e in cont.pop_all()}
+    app.handler(ev["pc.s0.1"], FakeLambdaContext(clock))
+    store.resume("pc.s0.1")
+    store.cancel("pc.s0.1", "not needed after all")
+    link = store.call("get_item", Key={"pk": {"S": "JOB#pc"}, "sk": {"S": "CHILD#pc.s0.1"}},
+                      ConsistentRead=True)["Item"]
+    assert link["status"]["S"] == "CANCELLED"
+    assert store.get("pc").pending_children == 1  # counted once, when it first failed
 
 
 def test_a_reused_parent_id_overwrites_its_expired_children(app, cont, store, clock):

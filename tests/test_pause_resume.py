@@ -226,7 +226,16 @@ def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
     cont.pop_all()
     clock.advance(DISPATCH_S + 1)
     assert jobstate.sweep(store, cont).paused == 1  # set aside for PAUSED_RECHECK_MS
+    assert store.pause_state("later") is True
     assert store.set_paused("later", False) == 1
+    assert store.pause_state("later") is False and store.pause_state("never") is None
+    # Resuming again wakes nothing and writes nothing: the jobs were not held.
+    before = store.call("get_item", Key={"pk": {"S": "TYPE#later"}, "sk": {"S": "CONTROL"}},
+                        ConsistentRead=True)["Item"]
+    assert store.set_paused("later", False) == 0
+    assert store.call("get_item", Key={"pk": {"S": "TYPE#later"}, "sk": {"S": "CONTROL"}},
+                      ConsistentRead=True)["Item"] == before
+    assert store.set_paused("never", False) == 0 and store.pause_state("never") is None
     assert jobstate.sweep(store, cont).dispatched == 1
     drain(app, cont, FakeLambdaContext(clock))
     assert store.get("l1").status is JobStatus.SUCCEEDED

@@ -325,8 +325,9 @@ def test_exceeding_max_attempts_fails_with_the_last_error(app, cont, store, cloc
     assert job.status is JobStatus.FAILED
     assert calls == [1, 2, 3]
     assert "boom 3" in (job.error or "") and "3 times" in (job.error or "")
-    assert [h.event for h in store.history(jid)] == ["retry_scheduled", "retry_scheduled",
-                                                     "failed"]
+    assert [(h.event, h.attempt) for h in store.history(jid)] == [
+        ("retry_scheduled", 1), ("retry_scheduled", 2), ("failed", 3)]
+    assert (job.attempt, job.max_attempts) == (3, 3)  # `jobstate status`: attempt 3/3
     # A terminal job stays terminal: sweeps dispatch nothing more.
     clock.advance(86400)
     assert jobstate.sweep(store, cont).dispatched == 0
