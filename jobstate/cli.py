@@ -233,9 +233,13 @@ def cli() -> None:
 @click.option("--chains", type=click.IntRange(1, 100), default=8, show_default=True)
 @click.option("--lines", type=click.IntRange(1, 1_000_000), default=20_000, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--timeout-ms", type=click.IntRange(500, 900_000), default=1_500,
+              show_default=True, help="The emulated Lambda timeout (raise it on a slow machine).")
+@click.option("--time-limit", type=click.FloatRange(5, 3_600), default=300, show_default=True,
+              help="Seconds before the run gives up (it also stops after 45 s without progress).")
 @click.option("--keep", is_flag=True, help="Keep the temp dir (worker logs, sqlite sink).")
 def demo(as_json: bool, seed: int, chaos_spec: str, users: int, chains: int, lines: int,
-         concurrency: int, keep: bool) -> None:
+         concurrency: int, timeout_ms: int, time_limit: float, keep: bool) -> None:
     """Run the three scenarios end to end on the local runtime, with chaos, and check them."""
     from .demo import DemoConfig, run_demo
     from .demo.render import DemoProgress, summary_table
@@ -243,6 +247,7 @@ def demo(as_json: bool, seed: int, chaos_spec: str, users: int, chains: int, lin
 
     cfg = DemoConfig(seed=seed, chaos=Chaos.parse(chaos_spec, seed), users=users,
                      chains=chains, lines=lines, concurrency=concurrency,
+                     timeout_ms=timeout_ms, time_limit_s=time_limit,
                      endpoint_url=settings().endpoint_url
                      or os.environ.get("JOBSTATE_ENDPOINT_URL") or None, keep_dir=keep)
     if not as_json:

@@ -303,7 +303,8 @@ BAD_ARGS = [
     ("effect", "list"), ("effect", "done", "j1"), ("effect", "done", "j1", "k", "--result",
                                                     "{nope"),
     ("effect", "retry", "j1", "bad\x00key"), ("demo", "--seed", "x"),
-    ("demo", "--chaos", "explode=1"), ("demo", "--users", "0"), ("run", "nomodule", "t"),
+    ("demo", "--chaos", "explode=1"), ("demo", "--users", "0"),
+    ("demo", "--timeout-ms", "100"), ("demo", "--time-limit", "0"), ("run", "nomodule", "t"),
     ("run", "test_cli:app", "count", "--input", "{bad"), ("create-table", "--region"),
     ("frobnicate",),
 ]

@@ -52,7 +52,11 @@ class DemoConfig:
     etl_seconds: float = 5.0
     timeout_ms: int = 1_500
     concurrency: int = 4
-    time_limit_s: float = 55.0
+    # The run stops when no scenario has moved (status, step, progress) for `stall_s`, or
+    # after `time_limit_s` in all: a busy machine is slow, not stuck, so only a stall
+    # ends a run early.
+    time_limit_s: float = 300.0
+    stall_s: float = 45.0
     endpoint_url: str | None = None
     keep_dir: bool = False
 
@@ -139,7 +143,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress | None = None) ->
                       max_retry_attempts=2, recursive_loop="Allow",
                       concurrency=cfg.concurrency, sweep_interval_s=1.0, time_scale=0.02,
                       work_dir=str(root / "runtime"))
-    timed_out = False
+    timed_out: str | None = None
     try:
         with rt:
             for sc in scs:
@@ -147,14 +151,24 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress | None = None) ->
                 # Chaos decisions are keyed by job id and step: fixed ids make a seed
                 # reproducible (the table is new for every run).
                 sc.job_id = rt.start(sc.job_type, sc.input, job_id=f"{sc.job_type}-{cfg.seed}")
+            seen: tuple[Any, ...] = ()
+            moved = time.monotonic()
             while True:
                 _poll(rt, scs)
                 if progress is not None:
                     progress(scs)
                 if all(sc.ended is not None for sc in scs):
                     break
-                if time.monotonic() - began > cfg.time_limit_s:
-                    timed_out = True
+                now = time.monotonic()
+                state = tuple((sc.view.status, sc.view.step, sc.done) if sc.view else None
+                              for sc in scs)
+                if state != seen:
+                    seen, moved = state, now
+                if now - moved > cfg.stall_s:
+                    timed_out = f"made no progress for {cfg.stall_s:g}s"
+                    break
+                if now - began > cfg.time_limit_s:
+                    timed_out = f"did not finish within the {cfg.time_limit_s:g}s limit"
                     break
                 time.sleep(0.4)
             stats = rt.stats_dict()
@@ -165,9 +179,26 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress | None = None) ->
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _hints(cfg: DemoConfig, stats: dict[str, Any], timed_out: str | None) -> list[str]:
+    """What to try when a run failed for the machine's sake rather than jobstate's."""
+    hints = []
+    kills = int(stats["total"].get("kills_at_timeout", 0))
+    if kills:
+        hints.append(f"{kills} invocation(s) ran past the {cfg.timeout_ms} ms timeout and "
+                     "were killed: this machine looks slow or busy; give the emulated "
+                     f"Lambda longer with --timeout-ms {max(cfg.timeout_ms * 4, 6_000)}")
+    if timed_out and cfg.stall_s and timed_out.startswith("made no progress"):
+        hints.append(f"the run {timed_out}; `jobstate demo --keep` keeps the workers' logs "
+                     "to see why (on a busy machine, raise --timeout-ms)")
+    elif timed_out:
+        hints.append(f"the run {timed_out}; on a slow or busy machine try --time-limit "
+                     f"{cfg.time_limit_s * 2:g}, or fewer --users/--lines")
+    return hints
+
+
 def _summary(cfg: DemoConfig, chaos: Chaos, scs: list[Scenario], rt: LocalRuntime,
              stats: dict[str, Any], messages: list[str], db: str, began: float,
-             timed_out: bool) -> dict[str, Any]:
+             timed_out: str | None) -> dict[str, Any]:
     out = []
     for sc in scs:
         s = rt.stats.for_types(sc.job_types)
@@ -177,7 +208,7 @@ def _summary(cfg: DemoConfig, chaos: Chaos, scs: list[Scenario], rt: LocalRuntim
         problem = None
         if view is None or view.status != JobStatus.SUCCEEDED:
             problem = (view.error if view and view.error else
-                       f"{sc.name} did not finish within {cfg.time_limit_s:.0f}s")
+                       f"{sc.name} is still {status}: the run {timed_out}")
         elif (bad := sc.check(view.result)) is not None:
             problem = bad
         elif executed != sc.effects_expected or distinct != sc.effects_expected:
@@ -197,8 +228,9 @@ def _summary(cfg: DemoConfig, chaos: Chaos, scs: list[Scenario], rt: LocalRuntim
             "wall_s": round((sc.ended or time.monotonic()) - sc.started, 2),
             "result": view.result if view else None,
         })
+    ok = all(o["ok"] for o in out) and not timed_out
     return {
-        "ok": all(o["ok"] for o in out) and not timed_out,
+        "ok": ok,
         "seed": cfg.seed,
         "chaos": chaos.to_dict(),
         "wall_s": round(time.monotonic() - began, 2),
@@ -206,7 +238,7 @@ def _summary(cfg: DemoConfig, chaos: Chaos, scs: list[Scenario], rt: LocalRuntim
         "runtime": {"sweeps": stats["sweeps"], "cold_starts": stats["cold_starts"],
                     "concurrency": cfg.concurrency, "timeout_ms": cfg.timeout_ms,
                     "total": stats["total"]},
-        "messages": messages,
+        "messages": messages if ok else [*messages, *_hints(cfg, stats, timed_out)],
     }
 
 
