@@ -298,14 +298,16 @@ def commit_spawn(store: JobStore, lease: Lease, state: State,
 
 def _cancel_spawned(store: JobStore, lease: Lease, spawned: Spawned) -> None:
     """The parent was cancelled between making its children and committing the spawn:
-    cancel those children (best effort) so that they do not run as orphans."""
+    cancel those children (best effort) so that they do not run as orphans. The parent
+    never counted them (its commit was refused), so they do not join it."""
     from .errors import JobStateError
 
     ids = spawned.custom_ids or [child_id(lease.job_id, lease.step, i)
                                  for i in range(spawned.count)]
     for cid in ids:
         with contextlib.suppress(JobStateError):  # finished, gone, or store trouble
-            store.cancel(cid, f"parent {lease.job_id} was cancelled while it spawned")
+            store._cancel_job(cid, f"parent {lease.job_id} was cancelled while it spawned",
+                              join=False)
 
 
 def join_actions(store: JobStore, lease: Lease, status: str, result_json: str | None,

@@ -20,6 +20,10 @@ POINTS = (
     "after_commit",  # committed, continuation not sent yet
     "after_dispatch",
 )
+# Crash points of the sweeper's own writes (not chosen by chaos: the sweeper is no step).
+SWEEPER_POINTS = (
+    "sweeper_children_cancelled",  # a late parent's children cancelled, parent not failed
+)
 
 Hook = Callable[[str, dict[str, Any]], None]
 _hook: Hook | None = None

@@ -665,6 +665,11 @@ class JobStore:
 
         Cancelling an already-cancelled job is a no-op; a finished job raises JobFinished.
         """
+        return self._cancel_job(job_id, reason, join=True)
+
+    def _cancel_job(self, job_id: str, reason: str, *, join: bool) -> JobView:
+        """`join=False`: a child its parent never counted (the spawn's commit was refused)
+        is cancelled without joining, or the parent's pending count would go below 0."""
         codec.validate_job_id(job_id)
         reason = validate_reason(reason)
         now = self.clock.now_ms()
@@ -687,7 +692,7 @@ class JobStore:
         )
         for i, s in enumerate(RUNNABLE):
             upd.values[f":st{i}"] = av(s.value)
-        if "parent_id" in raw:
+        if "parent_id" in raw and join:
             return self._cancel_child(job_id, raw, upd, reason)
         try:
             resp = self.call(

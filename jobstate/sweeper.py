@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from . import observe, protocol, schema
+from . import faults, observe, protocol, schema
 from .continuation import Continuation
 from .dynamo import CONDITION_FAILED, av, error_code
 from .errors import DispatchFailed, InvalidInput, JobNotFound, LeaseLost
@@ -206,8 +206,16 @@ def _undue(store: JobStore, job_id: str, status: str) -> bool:
 
 def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
                         context: Any) -> bool:
-    """Claim the job as the sweeper and fail it (joining its parent, if any)."""
-    from .fanout import join_actions
+    """Claim the job as the sweeper and fail it (joining its parent, if any).
+
+    A parent waiting on children has them cancelled first, then is failed: a sweeper that
+    dies in between leaves the parent due (past its deadline, its lease running out), so
+    the next sweep finishes the job. Failed first, a dead sweeper would leave its children
+    running on, since nothing looks at a FAILED job's children again.
+    """
+    from .app import deadline_reason
+    from .errors import JobFinished
+    from .fanout import cancel_tree, child_ids_of, join_actions
 
     claim = protocol.claim(store, job_id, step,
                            request_id=f"sweeper-{uuid.uuid4().hex[:8]}",
@@ -216,9 +224,11 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
         return False
     lease = claim.lease
     job = lease.job
-    from .app import deadline_reason
-
     reason = deadline_reason(job)
+    for cid in child_ids_of(job):
+        with contextlib.suppress(JobNotFound, JobFinished):
+            cancel_tree(store, cid, f"parent {job_id} failed: {reason}")
+    faults.point("sweeper_children_cancelled", job_id=job_id, step=step)
     state = State.encode(store, job.cursor, job.tokens, job.progress.to_dict())
     try:
         protocol.finish(store, lease, state, JobStatus.FAILED, error=reason,
@@ -226,13 +236,6 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
                         extra_actions=join_actions(store, lease, "FAILED", None, reason))
     except (LeaseLost, JobNotFound):
         return False
-    # A parent failed while waiting: its unfinished children are no use to anyone now.
-    from .errors import JobFinished
-    from .fanout import cancel_tree, child_ids_of
-
-    for cid in child_ids_of(job):
-        with contextlib.suppress(JobNotFound, JobFinished):
-            cancel_tree(store, cid, f"parent {job_id} failed: {reason}")
     return True
 
 

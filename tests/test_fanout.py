@@ -641,3 +641,36 @@ def test_a_child_id_held_by_a_live_job_of_another_spawn_is_a_conflict(app, cont,
     p = store.get("cl")
     assert p.status is JobStatus.FAILED and "JobConflict" in (p.error or "")
     assert p.pending_children == 0  # the conflict struck before the parent committed
+
+
+def test_a_parent_cancelled_while_it_spawns_cancels_the_children_it_made(app, cont, store,
+                                                                        clock):
+    """Crash point 'cancel between the children's puts and the spawn commit': the commit is
+    refused, the children already written are cancelled (not left to run as orphans), none
+    is dispatched, and the parent's pending count is not driven below zero."""
+    from jobstate import faults
+
+    runs: list[int] = []
+    register_parent(app, runs, children=5)
+    register_chunk(app)
+    app.start("parent", None, job_id="cs")
+
+    def cancel_parent(name: str, info: dict[str, Any]) -> None:
+        if name == "before_commit" and info["job_id"] == "cs":
+            store.cancel("cs", "operator: wrong input")
+
+    with faults.installed(cancel_parent):
+        report = app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    assert report["outcome"] == "cancelled"
+    assert cont.pop_all() == []  # no child start event, no parent continuation
+    kids = child_views(store, "cs", 0, 5)
+    assert len(kids) == 5 and {k["status"] for k in kids} == {JobStatus.CANCELLED}
+    parent = store.get("cs")
+    assert parent.status is JobStatus.CANCELLED and (parent.pending_children or 0) == 0
+    links = store.call("query", KeyConditionExpression="pk = :pk AND begins_with(sk, :c)",
+                       ExpressionAttributeValues={":pk": {"S": "JOB#cs"},
+                                                  ":c": {"S": "CHILD#"}}, ConsistentRead=True)
+    assert links["Items"] == []  # they never joined: the refused spawn never counted them
+    # Nothing is left for the sweeper to dispatch, now or later.
+    clock.advance(3600)
+    assert jobstate.sweep(store, cont).dispatched == 0 and cont.pop_all() == []

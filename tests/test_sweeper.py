@@ -288,3 +288,51 @@ def test_a_parent_waiting_past_its_deadline_fails_and_its_children_are_cancelled
     assert report.failed_guards == 1
     kids = [store.get(f"{jid}.s0.{i}") for i in range(2)]
     assert [k.status for k in kids] == [JobStatus.CANCELLED] * 2
+
+
+def test_a_sweeper_that_dies_while_failing_a_late_parent_leaves_it_for_the_next_sweep(
+        app, cont, store, clock):
+    """Crash point: the late parent's children are cancelled, the parent is not failed yet.
+    The parent is still due, so the next sweep (after the dead sweeper's lease) fails it;
+    no child runs on, and the parent's pending count never goes below zero."""
+    from jobstate import faults
+
+    @app.job("parent", deadline=600)
+    def parent(ctx: jobstate.StepContext) -> Any:
+        if not ctx.cursor.get("spawned"):
+            ctx.cursor["spawned"] = True
+            ctx.spawn("napper", [1, 2, 3])
+            return None
+        return ctx.complete("joined")
+
+    @app.job("napper", max_steps=1000)
+    def napper(ctx: jobstate.StepContext) -> Any:
+        ctx.sleep(3600)
+
+    class SweeperDied(BaseException):
+        pass
+
+    def die(name: str, info: dict[str, Any]) -> None:
+        if name == "sweeper_children_cancelled":
+            raise SweeperDied
+
+    jid = app.start("parent", None, job_id="orphaning")
+    drain(app, cont, FakeLambdaContext(clock))
+    clock.advance(700)
+    with faults.installed(die), pytest.raises(SweeperDied):
+        jobstate.sweep(store, cont)
+    kids = [store.get(f"{jid}.s0.{i}") for i in range(3)]
+    assert [k.status for k in kids] == [JobStatus.CANCELLED] * 3  # none runs on
+    late = store.get(jid)
+    assert late.status is not JobStatus.FAILED and (late.pending_children or 0) == 0
+    assert late.due_at is not None  # still in the due index: it will be looked at again
+    cont.pop_all()
+    clock.advance(DISPATCH_S + 1)  # the dead sweeper's lease has run out; the job is due
+    report = jobstate.sweep(store, cont)
+    job = store.get(jid)
+    assert job.status is JobStatus.FAILED and "deadline" in (job.error or "")
+    assert report.failed_guards == 1 and (job.pending_children or 0) == 0
+    assert [c.status for c in jobstate.fanout.children(store, jid)] == [
+        JobStatus.CANCELLED] * 3
+    clock.advance(3600)
+    assert jobstate.sweep(store, cont).dispatched == 0  # settled: nothing runs again
