@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, cast
 
 import pytest
 
@@ -156,36 +156,51 @@ def requests_log(store: jobstate.JobStore) -> RequestLog:
     return RequestLog(store)
 
 
-class LostResponse:
-    """Makes the next `operation` request apply twice, keeping only the second answer.
+ErrorResponse = dict[str, Any]
 
-    That is what botocore does when the response to an applied write is lost (a timeout,
-    a reset connection): it sends the same request again, and the retry meets the state
-    its own first attempt wrote. `with LostResponse(store, "update_item"): ...`
+
+class ClientFault:
+    """Fault injection on the store's client: the first `times` requests that `pick`
+    selects (an operation name, or a predicate on (operation, kwargs)) go wrong.
+
+    With `error` None the request is *applied twice, keeping only the second answer*: what
+    botocore does when the response to an applied write is lost (a timeout, a reset
+    connection) — it resends, and the retry meets the state its own first attempt wrote.
+    With `error` (an error response, or a function of the request's kwargs that builds
+    one) the request is not applied and raises that ClientError, the way a throttled or
+    cancelled request reaches the store. `fired` counts the faults injected.
     """
 
-    def __init__(self, store: jobstate.JobStore, operation: str, times: int = 1) -> None:
-        self.store, self.operation, self.left = store, operation, times
-        self.replayed = 0
+    def __init__(self, store: jobstate.JobStore,
+                 pick: str | Callable[[str, dict[str, Any]], bool], *, times: int = 1,
+                 error: ErrorResponse | Callable[[dict[str, Any]], ErrorResponse] | None = None
+                 ) -> None:
+        self.store, self.left, self.error = store, times, error
+        self.pick = (lambda name, _kw: name == pick) if isinstance(pick, str) else pick
+        self.fired = 0
 
-    def __enter__(self) -> LostResponse:
-        real = self.store.client
+    def _call(self, name: str, attr: Callable[..., Any], kw: dict[str, Any]) -> Any:
+        from botocore.exceptions import ClientError
 
-        outer = self
+        if self.left <= 0 or not self.pick(name, kw):
+            return attr(**kw)
+        self.left -= 1
+        self.fired += 1
+        if self.error is None:
+            attr(**kw)  # applied; its response is "lost"
+            return attr(**kw)
+        body = self.error(kw) if callable(self.error) else self.error
+        raise ClientError(cast(Any, body), "".join(w.title() for w in name.split("_")))
+
+    def __enter__(self) -> Self:
+        real, outer = self.store.client, self
 
         class Proxy:
             def __getattr__(self, name: str) -> Any:
                 attr = getattr(real, name)
-                if name != outer.operation or outer.left <= 0:
+                if not callable(attr) or name.startswith("_") or name == "meta":
                     return attr
-
-                def twice(**kwargs: Any) -> Any:
-                    outer.left -= 1
-                    outer.replayed += 1
-                    attr(**kwargs)  # applied; its response is "lost"
-                    return attr(**kwargs)
-
-                return twice
+                return lambda *a, **kw: attr(*a, **kw) if a else outer._call(name, attr, kw)
 
         self._real = real
         self.store._client = Proxy()
@@ -193,6 +208,18 @@ class LostResponse:
 
     def __exit__(self, *exc: object) -> None:
         self.store._client = self._real
+
+
+class LostResponse(ClientFault):
+    """The next `times` `operation` requests are applied twice, keeping the second answer.
+    `with LostResponse(store, "update_item") as lost: ...; lost.replayed == 1`"""
+
+    def __init__(self, store: jobstate.JobStore, operation: str, times: int = 1) -> None:
+        super().__init__(store, operation, times=times)
+
+    @property
+    def replayed(self) -> int:
+        return self.fired
 
 
 def drain(app: jobstate.App, cont: jobstate.InMemoryContinuation,

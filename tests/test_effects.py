@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import RequestLog, drain
+from conftest import ClientFault, RequestLog, drain
 
 import jobstate
 from jobstate import JobStatus, Semantics, faults
@@ -709,42 +709,6 @@ def test_an_effect_is_not_settled_by_hand_while_a_step_holds_the_job(app, cont, 
     assert store.get("busy").status is JobStatus.SUCCEEDED
 
 
-class _FailOnce:
-    """Proxy client: the first request matching `pick` fails with `code` (after being
-    applied, when `applied`), the way a throttled or lost request reaches the store."""
-
-    def __init__(self, store: jobstate.JobStore, pick: Callable[[str, dict[str, Any]], bool],
-                 code: str = "ThrottlingException", applied: bool = False) -> None:
-        self.store, self.pick, self.code, self.applied = store, pick, code, applied
-        self.fired = 0
-
-    def __enter__(self) -> _FailOnce:
-        from botocore.exceptions import ClientError
-
-        real, outer = self.store.client, self
-
-        class Proxy:
-            def __getattr__(self, name: str) -> Any:
-                attr = getattr(real, name)
-
-                def call(**kw: Any) -> Any:
-                    if not outer.fired and outer.pick(name, kw):
-                        outer.fired += 1
-                        if outer.applied:
-                            attr(**kw)  # applied; the answer is lost and botocore resends
-                            return attr(**kw)
-                        raise ClientError({"Error": {"Code": outer.code}}, name)
-                    return attr(**kw)
-                return call
-
-        self._real = real
-        self.store._client = Proxy()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.store._client = self._real
-
-
 def _is_done_write(name: str, kw: dict[str, Any]) -> bool:
     return name == "update_item" and kw.get("Key", {}).get("sk", {}).get("S", "").startswith(
         "FX#") and ":done" in kw.get("ExpressionAttributeValues", {})
@@ -765,7 +729,8 @@ def test_at_most_once_fn_is_not_rerun_in_the_same_step_when_its_done_write_faile
         return ctx.complete(len(charges))
 
     app.start("pay", None, job_id="pay-1")
-    with _FailOnce(store, _is_done_write) as f:
+    with ClientFault(store, _is_done_write,
+                     error={"Error": {"Code": "ThrottlingException"}}) as f:
         drain(app, cont)
     assert f.fired == 1
     assert charges == [1]  # the second `once` parked instead of charging again
@@ -779,7 +744,7 @@ def test_a_resent_done_write_that_was_applied_is_a_success(app, cont, store):
         return ctx.complete(ctx.once("e", lambda: "r"))
 
     app.start("x", None, job_id="x-1")
-    with _FailOnce(store, _is_done_write, applied=True) as f:
+    with ClientFault(store, _is_done_write) as f:  # applied; botocore resends it
         reports = drain(app, cont)
     assert f.fired == 1
     assert [r["outcome"] for r in reports][-1] == "completed"

@@ -162,26 +162,15 @@ def test_a_transaction_conflict_is_retried_and_the_join_counts_once(app, cont, s
     """DynamoDB cancels a transaction that meets another one on the same item (siblings
     joining one parent at once) with reason TransactionConflict; nothing was written and
     botocore does not retry it. The store retries it; it is never read as a condition."""
-    from botocore.exceptions import ClientError
+    from conftest import ClientFault
 
-    real, fired = store.client, []
+    def conflict(kw: dict[str, Any]) -> dict[str, Any]:
+        n = len(kw["TransactItems"])
+        return {"Error": {"Code": "TransactionCanceledException"},
+                "CancellationReasons": [{"Code": "None"}] * (n - 1)
+                + [{"Code": "TransactionConflict"}]}
 
-    class Proxy:
-        def __getattr__(self, name: str) -> Any:
-            attr = getattr(real, name)
-            if name != "transact_write_items":
-                return attr
-
-            def call(**kw: Any) -> Any:
-                if len(fired) < 2:
-                    fired.append(1)
-                    n = len(kw["TransactItems"])
-                    raise ClientError({"Error": {"Code": "TransactionCanceledException"},
-                                       "CancellationReasons": [{"Code": "None"}] * (n - 1)
-                                       + [{"Code": "TransactionConflict"}]},
-                                      "TransactWriteItems")
-                return attr(**kw)
-            return call
+    fault = ClientFault(store, "transact_write_items", times=2, error=conflict)
 
     @app.job("parent")
     def parent(ctx: jobstate.StepContext) -> Any:
@@ -196,11 +185,8 @@ def test_a_transaction_conflict_is_retried_and_the_join_counts_once(app, cont, s
         return ctx.complete(ctx.input * 10)
 
     app.start("parent", None, job_id="conflicted")
-    store._client = Proxy()
-    try:
+    with fault:
         drain(app, cont)
-    finally:
-        store._client = real
-    assert len(fired) == 2
+    assert fault.fired == 2
     job = store.get("conflicted")
     assert job.status is JobStatus.SUCCEEDED and job.result == [10, 20]
