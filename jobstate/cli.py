@@ -215,9 +215,20 @@ def cli() -> None:
     Start with `jobstate demo`: three real scenarios on a local Lambda emulation with
     chaos on (duplicate deliveries, killed containers, lost events).
     """
-    logging.getLogger("jobstate").addHandler(logging.NullHandler())
+    # Library log lines would interleave with the command's own output: silence them for
+    # the command's duration (--debug shows them), and put logging back afterwards, so a
+    # command run in-process (CliRunner, a script calling `main`) leaves no trace.
+    log = logging.getLogger("jobstate")
+    quiet, was = logging.NullHandler(), log.propagate
+    log.addHandler(quiet)
     if not settings().debug:
-        logging.getLogger("jobstate").propagate = False
+        log.propagate = False
+
+    def restore() -> None:
+        log.removeHandler(quiet)
+        log.propagate = was
+
+    click.get_current_context().call_on_close(restore)
 
 
 # -- local runs ------------------------------------------------------------------------------

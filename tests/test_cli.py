@@ -6,6 +6,7 @@ DynamoDB is a moto server on a real port; `run` uses the local runtime's workers
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -315,3 +316,11 @@ def test_every_command_with_bad_arguments_is_one_clear_line(url, table, args):
     r = CliRunner().invoke(cli, [*args, "--endpoint-url", url, "--table", table]
                            if args[-1] != "--region" else [*args])
     one_error_line(r, 2)
+
+
+def test_a_command_run_in_process_leaves_logging_as_it_found_it(url, table):
+    log = logging.getLogger("jobstate")
+    before = (log.propagate, list(log.handlers))
+    assert run(url, table, "list").exit_code == 0
+    one_error_line(run(url, table, "status", "ghost"))
+    assert (log.propagate, list(log.handlers)) == before
