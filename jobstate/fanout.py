@@ -18,13 +18,14 @@ Ordering gives crash safety:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from . import codec, protocol, schema
+from . import codec, observe, protocol, schema
 from .dynamo import (
     CANCELLED_BY_CONDITION,
     CONDITION_FAILED,
@@ -297,17 +298,50 @@ def commit_spawn(store: JobStore, lease: Lease, state: State,
 
 
 def _cancel_spawned(store: JobStore, lease: Lease, spawned: Spawned) -> None:
-    """The parent was cancelled between making its children and committing the spawn:
-    cancel those children (best effort) so that they do not run as orphans. The parent
-    never counted them (its commit was refused), so they do not join it."""
+    """The parent was cancelled between making its children and committing the spawn.
+
+    Those children were never counted nor dispatched: they are deleted (best effort), so
+    they do not run as orphans, and a resumed parent's re-run spawn makes them afresh
+    (children left CANCELLED would be adopted by it and never join). Each delete is
+    conditional on the child being untouched (PENDING, unleased, this spawn's) and, in the
+    same transaction, on the parent being still cancelled at this step.
+    """
     from .errors import JobStateError
 
     ids = spawned.custom_ids or [child_id(lease.job_id, lease.step, i)
                                  for i in range(spawned.count)]
-    for cid in ids:
-        with contextlib.suppress(JobStateError):  # finished, gone, or store trouble
-            store._cancel_job(cid, f"parent {lease.job_id} was cancelled while it spawned",
-                              join=False)
+    check = {"ConditionCheck": {
+        "TableName": store.table_name, "Key": _job_key(lease.job_id),
+        "ConditionExpression": "#step = :n AND #status = :cancelled",
+        "ExpressionAttributeNames": {"#step": "step", "#status": "status"},
+        "ExpressionAttributeValues": {":n": av(lease.step),
+                                      ":cancelled": av(JobStatus.CANCELLED.value)}}}
+
+    def delete(cid: str) -> dict[str, Any]:
+        return {"Delete": {
+            "TableName": store.table_name, "Key": _job_key(cid),
+            "ConditionExpression": ("#status = :pending AND attribute_not_exists(lease_owner)"
+                                    f" AND parent_id = :p AND {PARENT_STEP} = :n"),
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":pending": av(JobStatus.PENDING.value),
+                                          ":p": av(lease.job_id), ":n": av(lease.step)}}}
+
+    try:
+        for i in range(0, len(ids), 99):
+            chunk = ids[i:i + 99]
+            try:
+                store.call("transact_write_items",
+                           TransactItems=[check, *(delete(c) for c in chunk)])
+            except ClientError as exc:
+                if error_code(exc) != TRANSACTION_CANCELLED:
+                    raise
+                for cid in chunk:  # one was touched (or is gone): the others one by one
+                    with contextlib.suppress(ClientError):
+                        store.call("transact_write_items", TransactItems=[check, delete(cid)])
+    except (ClientError, JobStateError) as exc:
+        observe.event("spawn_cleanup_failed", logging.WARNING, job_id=lease.job_id,
+                      step=lease.step, detail=f"{type(exc).__name__}: {exc}; children of "
+                      "the cancelled spawn may start: `jobstate cancel` them")
 
 
 def join_actions(store: JobStore, lease: Lease, status: str, result_json: str | None,
@@ -367,6 +401,39 @@ def relink_actions(joins: list[dict[str, Any]]) -> list[dict[str, Any]]:
     put = joins[0]["Put"]
     return [{"Put": {"TableName": put["TableName"], "Item": put["Item"],
                      "ConditionExpression": "attribute_exists(sk)"}}]
+
+
+def transact_join(run: Callable[[list[dict[str, Any]]], Any], first: dict[str, Any],
+                  joins: list[dict[str, Any]]) -> None:
+    """Run the child's own terminal write `first` and its `joins` as one transaction.
+
+    When only part of the join is refused, the transaction is redone without that part,
+    so the child's own write never waits on its parent's bookkeeping:
+    the link exists (the child joined before: it was resumed and finished again) → the
+    link is rewritten, nothing counted; the link vanished meanwhile, or the parent is gone
+    (expired and deleted) → no join; the released sibling is gone → join, release nothing.
+    A refusal of `first` itself is the caller's (re-raised).
+    """
+    actions, relinked = joins, False
+    while True:
+        try:
+            run([first, *actions])
+            return
+        except ClientError as exc:
+            if error_code(exc) != TRANSACTION_CANCELLED:
+                raise
+            codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            refused = {i for i, c in enumerate(codes)
+                       if c in (CANCELLED_BY_CONDITION, CONDITION_FAILED)}
+            if not actions or not refused or 0 in refused:
+                raise
+            if 1 in refused:
+                actions = [] if relinked else relink_actions(joins)
+                relinked = True
+            elif 2 in refused:
+                actions = []
+            else:
+                actions = actions[:2]
 
 
 def after_join(store: JobStore, lease: Lease) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ expired and was taken over, or the job was cancelled) can never overwrite newer 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
-from . import codec, schema
+from . import codec, observe, schema
 from .dynamo import (
     CANCELLED_BY_CONDITION,
     CONDITION_FAILED,
@@ -30,6 +31,7 @@ from .errors import (
     JobNotFound,
     LeaseLost,
     StateNotSerializable,
+    StoreUnavailable,
     TokensUnreadable,
 )
 from .records import JobView
@@ -421,7 +423,13 @@ def finish(
     else:
         _finish_joined(store, lease, upd, extra_actions)
     if status == JobStatus.FAILED:
-        record_history(store, lease, "failed", detail=error, attempt=attempt)
+        # The job is FAILED already: a history item the store cannot take now must not
+        # make this invocation fail before it joins and dispatches what follows.
+        try:
+            record_history(store, lease, "failed", detail=error, attempt=attempt)
+        except (ClientError, StoreUnavailable) as exc:
+            observe.event("history_lost", logging.WARNING, job_id=lease.job_id,
+                          step=lease.step, detail=f"{type(exc).__name__}: {exc}")
 
 
 def _finish_joined(store: JobStore, lease: Lease, upd: Update,
@@ -432,21 +440,12 @@ def _finish_joined(store: JobStore, lease: Lease, upd: Update,
     its join is refused, and it finishes with its link rewritten to the new outcome
     instead (so the parent's next `ctx.children()` sees it), the pending count untouched.
     """
-    from .fanout import relink_actions
+    from .fanout import transact_join
 
     action = {"Update": {"TableName": store.table_name, "Key": _job_key(lease.job_id),
                          **upd.kwargs(), "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
-    for actions in (joins, relink_actions(joins)):
-        try:
-            transact(store, lease, [action, *actions], "completion")
-            return
-        except ClientError as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if len(reasons) < 2 or reasons[1] not in (CANCELLED_BY_CONDITION,
-                                                      CONDITION_FAILED):
-                raise
-    # The link vanished between the two (its TTL): finish without one.
-    _update(store, lease, upd, "completion")
+    transact_join(lambda actions: transact(store, lease, actions, "completion"), action,
+                  joins)
 
 
 def transact(store: JobStore, lease: Lease, actions: list[dict[str, Any]], what: str) -> None:

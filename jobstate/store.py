@@ -24,6 +24,7 @@ from . import codec, schema
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import Cipher
 from .dynamo import (
+    CANCELLED_BY_CONDITION,
     CONDITION_FAILED,
     NOT_FOUND,
     TRANSACTION_CANCELLED,
@@ -665,11 +666,6 @@ class JobStore:
 
         Cancelling an already-cancelled job is a no-op; a finished job raises JobFinished.
         """
-        return self._cancel_job(job_id, reason, join=True)
-
-    def _cancel_job(self, job_id: str, reason: str, *, join: bool) -> JobView:
-        """`join=False`: a child its parent never counted (the spawn's commit was refused)
-        is cancelled without joining, or the parent's pending count would go below 0."""
         codec.validate_job_id(job_id)
         reason = validate_reason(reason)
         now = self.clock.now_ms()
@@ -692,7 +688,7 @@ class JobStore:
         )
         for i, s in enumerate(RUNNABLE):
             upd.values[f":st{i}"] = av(s.value)
-        if "parent_id" in raw and join:
+        if "parent_id" in raw:
             return self._cancel_child(job_id, raw, upd, reason)
         try:
             resp = self.call(
@@ -708,40 +704,25 @@ class JobStore:
     def _cancel_child(self, job_id: str, raw: dict[str, Any], upd: Update,
                       reason: str) -> JobView:
         """A cancelled child still joins its parent (and releases its queued sibling) in
-        the same transaction, or the parent would wait for it forever."""
-        from .fanout import join_actions_for
+        the same transaction, or the parent would wait for it forever. A child that
+        joined before gets its link rewritten to CANCELLED, counted once only."""
+        from .fanout import join_actions_for, transact_join
 
         joins = join_actions_for(self, self.view(raw, secrets=False), "CANCELLED", None,
                                  reason) or []
         action = {"Update": {"TableName": self.table_name, "Key": _job_key(job_id),
                              **upd.kwargs(), "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
         try:
-            self.call("transact_write_items", TransactItems=[action, *joins])
+            transact_join(lambda actions: self.call("transact_write_items",
+                                                    TransactItems=actions), action, joins)
         except ClientError as exc:
             if error_code(exc) != TRANSACTION_CANCELLED:
                 raise
-            reasons = exc.response.get("CancellationReasons", [])
-            first = reasons[0] if reasons else {}
-            if first.get("Code") not in ("None", None):
-                item: Any = first.get("Item")
-                return self._cancel_refused(job_id, dict(item) if item else None)
-            # Only the join was refused (this child joined before): cancel without
-            # counting it again, its link rewritten to CANCELLED (or gone: no link).
-            from .fanout import relink_actions
-
-            for retry in ([action, *relink_actions(joins)], [action]):
-                try:
-                    self.call("transact_write_items", TransactItems=retry)
-                    break
-                except ClientError as again:
-                    if error_code(again) != TRANSACTION_CANCELLED:
-                        raise
-                    codes = [r.get("Code") for r in
-                             again.response.get("CancellationReasons", [])]
-                    if codes and codes[0] not in ("None", None):
-                        first = again.response["CancellationReasons"][0]
-                        item = first.get("Item")
-                        return self._cancel_refused(job_id, dict(item) if item else None)
+            first = (exc.response.get("CancellationReasons") or [{}])[0]
+            if first.get("Code") not in (CANCELLED_BY_CONDITION, CONDITION_FAILED):
+                raise
+            item: Any = first.get("Item")
+            return self._cancel_refused(job_id, dict(item) if item else None)
         return self.get(job_id)
 
     def _cancel_refused(self, job_id: str, old: dict[str, Any] | None) -> JobView:

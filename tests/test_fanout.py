@@ -643,11 +643,12 @@ def test_a_child_id_held_by_a_live_job_of_another_spawn_is_a_conflict(app, cont,
     assert p.pending_children == 0  # the conflict struck before the parent committed
 
 
-def test_a_parent_cancelled_while_it_spawns_cancels_the_children_it_made(app, cont, store,
-                                                                        clock):
+def test_a_parent_cancelled_while_it_spawns_withdraws_its_children_and_can_resume(
+        app, cont, store, clock):
     """Crash point 'cancel between the children's puts and the spawn commit': the commit is
-    refused, the children already written are cancelled (not left to run as orphans), none
-    is dispatched, and the parent's pending count is not driven below zero."""
+    refused and the children it wrote, never counted nor dispatched, are withdrawn: none
+    runs, the parent's pending count stays 0, and a resumed parent spawns them afresh and
+    finishes (children left behind CANCELLED would be adopted and never join)."""
     from jobstate import faults
 
     runs: list[int] = []
@@ -663,14 +664,76 @@ def test_a_parent_cancelled_while_it_spawns_cancels_the_children_it_made(app, co
         report = app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
     assert report["outcome"] == "cancelled"
     assert cont.pop_all() == []  # no child start event, no parent continuation
-    kids = child_views(store, "cs", 0, 5)
-    assert len(kids) == 5 and {k["status"] for k in kids} == {JobStatus.CANCELLED}
+    assert child_views(store, "cs", 0, 5) == []  # withdrawn: nothing left to run
     parent = store.get("cs")
     assert parent.status is JobStatus.CANCELLED and (parent.pending_children or 0) == 0
-    links = store.call("query", KeyConditionExpression="pk = :pk AND begins_with(sk, :c)",
-                       ExpressionAttributeValues={":pk": {"S": "JOB#cs"},
-                                                  ":c": {"S": "CHILD#"}}, ConsistentRead=True)
-    assert links["Items"] == []  # they never joined: the refused spawn never counted them
-    # Nothing is left for the sweeper to dispatch, now or later.
     clock.advance(3600)
     assert jobstate.sweep(store, cont).dispatched == 0 and cont.pop_all() == []
+    store.resume("cs")
+    jobstate.sweep(store, cont)
+    drain(app, cont, FakeLambdaContext(clock))
+    done = store.get("cs")
+    assert done.status is JobStatus.SUCCEEDED, done
+    assert done.result["n"] == 5 and done.result["statuses"] == {"SUCCEEDED": 5}
+    assert (done.pending_children or 0) == 0
+
+
+def test_withdrawing_a_cancelled_spawn_leaves_a_child_that_already_ran(app, cont, store,
+                                                                      clock):
+    """The withdrawal's conditions: a child someone started anyway (not PENDING or
+    leased) is kept, and so is every child once the parent is no longer cancelled."""
+    from jobstate import faults
+
+    runs: list[int] = []
+    register_parent(app, runs, children=3)
+    register_chunk(app)
+    app.start("parent", None, job_id="cw")
+
+    def meddle(name: str, info: dict[str, Any]) -> None:
+        if name == "before_commit" and info["job_id"] == "cw":
+            # an operator starts child 1 by hand, then cancels the parent
+            app.handler({"jobstate": {"job_id": "cw.s0.1", "step": 0}},
+                        FakeLambdaContext(clock))
+            store.cancel("cw", "operator")
+
+    with faults.installed(meddle):
+        app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    assert [k["job_id"] for k in child_views(store, "cw", 0, 3)] == ["cw.s0.1"]
+    assert store.get("cw.s0.1").status is JobStatus.SUCCEEDED
+
+
+def test_a_child_whose_parent_or_released_sibling_is_gone_still_finishes(app, cont, store,
+                                                                        clock):
+    """Each part of a join can be refused on its own; the child's own terminal write never
+    waits on its parent's bookkeeping. A deleted queued sibling: the child joins, releases
+    nothing. A deleted parent (expired, then removed by TTL): no join at all."""
+    runs: list[int] = []
+    register_parent(app, runs, children=3, max_concurrency=1)
+    register_chunk(app)
+    app.start("parent", None, job_id="gone")
+    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    [first] = cont.pop_all()  # the cap: only child 0 is started
+    store.call("delete_item", Key=_job_key("gone.s0.1"))  # the sibling it would release
+    assert app.handler(first, FakeLambdaContext(clock))["outcome"] == "completed"
+    assert store.get("gone.s0.0").status is JobStatus.SUCCEEDED
+    assert store.get("gone").pending_children == 2  # counted once; nobody released
+    [released] = cont.pop_all()  # its event still goes out, and says what is wrong
+    with pytest.raises(jobstate.JobNotFound, match=r"gone\.s0\.1"):
+        app.handler(released, FakeLambdaContext(clock))
+
+    store.call("delete_item", Key=_job_key("gone"))
+    third = {"jobstate": {"job_id": "gone.s0.2", "step": 0}}
+    store.call("update_item", Key=_job_key("gone.s0.2"),  # as if released
+               UpdateExpression="REMOVE not_before, wait_reason")
+    assert app.handler(third, FakeLambdaContext(clock))["outcome"] == "completed"
+    assert store.get("gone.s0.2").status is JobStatus.SUCCEEDED
+
+
+def test_cancelling_a_child_whose_parent_is_gone_cancels_it(app, cont, store, clock):
+    runs: list[int] = []
+    register_parent(app, runs, children=2)
+    register_chunk(app)
+    app.start("parent", None, job_id="orph")
+    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    store.call("delete_item", Key=_job_key("orph"))
+    assert store.cancel("orph.s0.0", "cleanup").status is JobStatus.CANCELLED
