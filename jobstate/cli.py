@@ -247,7 +247,8 @@ def cli() -> None:
 @click.option("--timeout-ms", type=click.IntRange(500, 900_000), default=1_500,
               show_default=True, help="The emulated Lambda timeout (raise it on a slow machine).")
 @click.option("--time-limit", type=click.FloatRange(5, 3_600), default=300, show_default=True,
-              help="Seconds before the run gives up (it also stops after 45 s without progress).")
+              help="Seconds before the run gives up (it also stops after 45 s without "
+                   "progress, longer with a long --timeout-ms).")
 @click.option("--keep", is_flag=True, help="Keep the temp dir (worker logs, sqlite sink).")
 def demo(as_json: bool, seed: int, chaos_spec: str, users: int, chains: int, lines: int,
          concurrency: int, timeout_ms: int, time_limit: float, keep: bool) -> None:
@@ -503,10 +504,12 @@ def resume(as_json: bool, target: str, kind: str | None, function_name: str | No
         raise CliError(f"job type {target!r} was never paused in table "
                        f"{store.table_name!r}, so there is nothing to resume; check the "
                        "name (`jobstate list --type TYPE` shows a type's jobs).")
-    woken = store.set_paused(target, False) if state else 0
+    # Not paused: a no-op, unless an earlier resume died while waking the jobs (then
+    # this finishes it).
+    woken = store.set_paused(target, False)
     if as_json:
         emit({"job_type": target, "paused": False, "due_now": woken})
-    elif state:
+    elif state or woken:
         out.print(f"resumed {target}: {woken} of its jobs are due now; the sweeper "
                   "dispatches them on its next run")
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import json
 import math
 import os
@@ -818,7 +819,9 @@ class JobStore:
 
         Returns how many jobs were made due (0 when pausing). Both are idempotent:
         resuming a type that is not paused writes nothing and wakes nothing (its jobs were
-        not held), so a repeated or concurrent resume is a no-op.
+        not held), so a repeated or concurrent resume is a no-op — except after a resume
+        that died while waking the jobs (the control item says so until the wake is
+        done): then resuming again finishes the wake.
         """
         codec.validate_job_type(job_type)
         if reason:
@@ -833,8 +836,9 @@ class JobStore:
             try:
                 self.call(
                     "update_item", Key=key,
-                    UpdateExpression="SET paused = :f, reason = :r, updated_at = :now",
-                    ConditionExpression="paused = :t",
+                    UpdateExpression=("SET paused = :f, reason = :r, updated_at = :now, "
+                                      "waking = :t"),
+                    ConditionExpression="paused = :t OR waking = :t",
                     ExpressionAttributeValues={":f": av(False), ":t": av(True),
                                                ":r": av(reason or "resumed"),
                                                ":now": av(now)},
@@ -848,7 +852,16 @@ class JobStore:
                 return 0
         with self._lock:
             self._pause_cache[job_type] = (now + self.pause_cache_ms, paused)
-        return 0 if paused else self._wake_type(job_type)
+        if paused:
+            return 0
+        woken = self._wake_type(job_type)
+        # Refused: paused again since (the pause owns the item now). Not written: the next
+        # resume wakes again, which is harmless.
+        with contextlib.suppress(ClientError, StoreUnavailable):
+            self.call("update_item", Key=key, UpdateExpression="REMOVE waking",
+                      ConditionExpression="paused = :f",
+                      ExpressionAttributeValues={":f": av(False)})
+        return woken
 
     def pause_state(self, job_type: str) -> bool | None:
         """True if the type is paused, False if it was paused and resumed since, None if

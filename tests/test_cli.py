@@ -260,7 +260,9 @@ def test_run_a_job_on_the_local_runtime_with_chaos(url, table):
 
 
 def _script() -> str:
-    path = shutil.which("jobstate") or str(Path(sys.executable).parent / "jobstate")
+    # The script of the interpreter running the tests (the venv's), not one on PATH.
+    beside = Path(sys.executable).parent / "jobstate"
+    path = str(beside) if beside.exists() else shutil.which("jobstate") or str(beside)
     assert Path(path).exists(), "the jobstate console script is not installed"
     return path
 

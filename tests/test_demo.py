@@ -21,7 +21,9 @@ REQUIRED = {"name", "status", "invocations", "steps", "duplicates_delivered",
 
 
 def _script() -> str:
-    return shutil.which("jobstate") or str(Path(sys.executable).parent / "jobstate")
+    # The script of the interpreter running the tests (the venv's), not one on PATH.
+    beside = Path(sys.executable).parent / "jobstate"
+    return str(beside) if beside.exists() else shutil.which("jobstate") or str(beside)
 
 
 @pytest.mark.parametrize("seed", [2, 3])  # .ci/run runs the Quickstart's seed 1 itself
@@ -63,5 +65,7 @@ def test_the_hints_name_the_option_to_raise() -> None:
     assert "--timeout-ms 6000" in kills
     stalled = _hints(cfg, {"total": {}}, "made no progress for 45s")
     assert "made no progress for 45s" in stalled[0] and "--keep" in stalled[0]
+    assert cfg.stall_window_s == 45  # 1.5 s timeouts: the default window
+    assert DemoConfig(timeout_ms=96_000).stall_window_s == 212  # two leases + 10 s
     [late] = _hints(cfg, {"total": {}}, "did not finish within the 300s limit")
     assert "--time-limit 600" in late

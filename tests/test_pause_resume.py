@@ -239,3 +239,26 @@ def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
     assert jobstate.sweep(store, cont).dispatched == 1
     drain(app, cont, FakeLambdaContext(clock))
     assert store.get("l1").status is JobStatus.SUCCEEDED
+
+
+def test_a_resume_that_died_while_waking_is_finished_by_the_next(app, cont, store, clock,
+                                                                 monkeypatch):
+    register_counter(app, 1, [], name="woke")
+    store.set_paused("woke", True)
+    app.start("woke", None, job_id="w1")
+    cont.pop_all()
+    clock.advance(DISPATCH_S + 1)
+    assert jobstate.sweep(store, cont).paused == 1  # set aside for PAUSED_RECHECK_MS
+    real = store._wake_type
+
+    def dies(job_type: str) -> int:
+        raise jobstate.StoreUnavailable("throttled")
+
+    monkeypatch.setattr(store, "_wake_type", dies)
+    with pytest.raises(jobstate.StoreUnavailable):
+        store.set_paused("woke", False)
+    assert store.pause_state("woke") is False  # resumed, but its jobs are still set aside
+    monkeypatch.setattr(store, "_wake_type", real)
+    assert store.set_paused("woke", False) == 1  # the retried runbook step finishes it
+    assert store.set_paused("woke", False) == 0  # and then it is a no-op again
+    assert jobstate.sweep(store, cont).dispatched == 1

@@ -52,11 +52,17 @@ class DemoConfig:
     etl_seconds: float = 5.0
     timeout_ms: int = 1_500
     concurrency: int = 4
-    # The run stops when no scenario has moved (status, step, progress) for `stall_s`, or
+    # The run stops when no scenario has moved (status, step, progress) for `stall_s`
+    # (at least two killed invocations' leases, so a long --timeout-ms is not a stall), or
     # after `time_limit_s` in all: a busy machine is slow, not stuck, so only a stall
     # ends a run early.
     time_limit_s: float = 300.0
     stall_s: float = 45.0
+
+    @property
+    def stall_window_s(self) -> float:
+        lease_s = self.timeout_ms / 1000 + 5.0  # a killed invocation's lease: + its grace
+        return max(self.stall_s, 2 * lease_s + 10.0)
     endpoint_url: str | None = None
     keep_dir: bool = False
 
@@ -164,8 +170,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress | None = None) ->
                               for sc in scs)
                 if state != seen:
                     seen, moved = state, now
-                if now - moved > cfg.stall_s:
-                    timed_out = f"made no progress for {cfg.stall_s:g}s"
+                if now - moved > cfg.stall_window_s:
+                    timed_out = f"made no progress for {cfg.stall_window_s:g}s"
                     break
                 if now - began > cfg.time_limit_s:
                     timed_out = f"did not finish within the {cfg.time_limit_s:g}s limit"
@@ -187,7 +193,7 @@ def _hints(cfg: DemoConfig, stats: dict[str, Any], timed_out: str | None) -> lis
         hints.append(f"{kills} invocation(s) ran past the {cfg.timeout_ms} ms timeout and "
                      "were killed: this machine looks slow or busy; give the emulated "
                      f"Lambda longer with --timeout-ms {max(cfg.timeout_ms * 4, 6_000)}")
-    if timed_out and cfg.stall_s and timed_out.startswith("made no progress"):
+    if timed_out and timed_out.startswith("made no progress"):
         hints.append(f"the run {timed_out}; `jobstate demo --keep` keeps the workers' logs "
                      "to see why (on a busy machine, raise --timeout-ms)")
     elif timed_out:
