@@ -819,15 +819,16 @@ class JobStore:
 
         Returns how many jobs were made due (0 when pausing). Both are idempotent:
         resuming a type that is not paused writes nothing and wakes nothing (its jobs were
-        not held), so a repeated or concurrent resume is a no-op — except after a resume
-        that died while waking the jobs (the control item says so until the wake is
-        done): then resuming again finishes the wake.
+        not held), so a repeated resume is a no-op — except after a resume that died
+        while waking the jobs (the control item names that wake until it is done): then
+        resuming again wakes them (a resume meeting a live wake wakes again: harmless).
         """
         codec.validate_job_type(job_type)
         if reason:
             validate_reason(reason)
         key = {"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)}
         now = self.clock.now_ms()
+        wake = uuid.uuid4().hex  # this resume's wake: only it may say the wake is done
         if paused:
             self.call("put_item", Item={
                 **key, "paused": av(True), "reason": av(reason or "paused by operator"),
@@ -837,11 +838,11 @@ class JobStore:
                 self.call(
                     "update_item", Key=key,
                     UpdateExpression=("SET paused = :f, reason = :r, updated_at = :now, "
-                                      "waking = :t"),
-                    ConditionExpression="paused = :t OR waking = :t",
+                                      "waking = :wake"),
+                    ConditionExpression="paused = :t OR attribute_exists(waking)",
                     ExpressionAttributeValues={":f": av(False), ":t": av(True),
                                                ":r": av(reason or "resumed"),
-                                               ":now": av(now)},
+                                               ":now": av(now), ":wake": av(wake)},
                 )
             except ClientError as exc:
                 if error_code(exc) != CONDITION_FAILED:
@@ -855,12 +856,12 @@ class JobStore:
         if paused:
             return 0
         woken = self._wake_type(job_type)
-        # Refused: paused again since (the pause owns the item now). Not written: the next
-        # resume wakes again, which is harmless.
+        # Refused: paused again since, or another resume's wake runs now (it clears its
+        # own). Not written: the next resume wakes again, which is harmless.
         with contextlib.suppress(ClientError, StoreUnavailable):
             self.call("update_item", Key=key, UpdateExpression="REMOVE waking",
-                      ConditionExpression="paused = :f",
-                      ExpressionAttributeValues={":f": av(False)})
+                      ConditionExpression="waking = :wake",
+                      ExpressionAttributeValues={":wake": av(wake)})
         return woken
 
     def pause_state(self, job_type: str) -> bool | None:

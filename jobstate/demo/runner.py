@@ -61,7 +61,7 @@ class DemoConfig:
 
     @property
     def stall_window_s(self) -> float:
-        lease_s = self.timeout_ms / 1000 + 5.0  # a killed invocation's lease: + its grace
+        lease_s = self.timeout_ms / 1000 + 5.0  # a killed invocation's lease (grace: ≤ 5 s)
         return max(self.stall_s, 2 * lease_s + 10.0)
     endpoint_url: str | None = None
     keep_dir: bool = False
