@@ -481,12 +481,17 @@ def test_pausing_the_root_type_pauses_grandchildren_and_resuming_wakes_them(
     assert ran == ["r.s0.0.s0.0"] and store.get("r").status is JobStatus.SUCCEEDED
 
 
-def test_a_cancelled_parent_does_not_stay_in_the_due_index(app, cont, store, clock):
-    runs: list[int] = []
-    register_parent(app, runs, children=3)
+def spawned(app: jobstate.App, cont: jobstate.InMemoryContinuation,
+            clock: jobstate.ManualClock, job_id: str, children: int, **opts: Any) -> None:
+    """A parent of `children` chunks that has run its spawning step (children not run)."""
+    register_parent(app, [], children=children, **opts)
     register_chunk(app)
-    app.start("parent", None, job_id="cp")
+    app.start("parent", None, job_id=job_id)
     app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+
+
+def test_a_cancelled_parent_does_not_stay_in_the_due_index(app, cont, store, clock):
+    spawned(app, cont, clock, "cp", 3)
     assert jobstate.cancel_tree(store, "cp") == 4
     clock.advance(3600)
     first = jobstate.sweep(store, cont)
@@ -643,26 +648,35 @@ def test_a_child_id_held_by_a_live_job_of_another_spawn_is_a_conflict(app, cont,
     assert p.pending_children == 0  # the conflict struck before the parent committed
 
 
+def cancel_mid_spawn(app: jobstate.App, cont: jobstate.InMemoryContinuation,
+                     store: jobstate.JobStore, clock: jobstate.ManualClock, job_id: str,
+                     children: int, meanwhile: Any = None) -> dict[str, Any]:
+    """Run the parent's spawning step, cancelling the parent between the children's puts
+    and the spawn commit (after `meanwhile()`, when given). Returns the step's report."""
+    from jobstate import faults
+
+    register_parent(app, [], children=children)
+    register_chunk(app)
+    app.start("parent", None, job_id=job_id)
+
+    def cancel_parent(name: str, info: dict[str, Any]) -> None:
+        if name == "before_commit" and info["job_id"] == job_id:
+            if meanwhile is not None:
+                meanwhile()
+            store.cancel(job_id, "operator: wrong input")
+
+    with faults.installed(cancel_parent):
+        report: dict[str, Any] = app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    return report
+
+
 def test_a_parent_cancelled_while_it_spawns_withdraws_its_children_and_can_resume(
         app, cont, store, clock):
     """Crash point 'cancel between the children's puts and the spawn commit': the commit is
     refused and the children it wrote, never counted nor dispatched, are withdrawn: none
     runs, the parent's pending count stays 0, and a resumed parent spawns them afresh and
     finishes (children left behind CANCELLED would be adopted and never join)."""
-    from jobstate import faults
-
-    runs: list[int] = []
-    register_parent(app, runs, children=5)
-    register_chunk(app)
-    app.start("parent", None, job_id="cs")
-
-    def cancel_parent(name: str, info: dict[str, Any]) -> None:
-        if name == "before_commit" and info["job_id"] == "cs":
-            store.cancel("cs", "operator: wrong input")
-
-    with faults.installed(cancel_parent):
-        report = app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
-    assert report["outcome"] == "cancelled"
+    assert cancel_mid_spawn(app, cont, store, clock, "cs", 5)["outcome"] == "cancelled"
     assert cont.pop_all() == []  # no child start event, no parent continuation
     assert child_views(store, "cs", 0, 5) == []  # withdrawn: nothing left to run
     parent = store.get("cs")
@@ -680,24 +694,12 @@ def test_a_parent_cancelled_while_it_spawns_withdraws_its_children_and_can_resum
 
 def test_withdrawing_a_cancelled_spawn_leaves_a_child_that_already_ran(app, cont, store,
                                                                       clock):
-    """The withdrawal's conditions: a child someone started anyway (not PENDING or
-    leased) is kept, and so is every child once the parent is no longer cancelled."""
-    from jobstate import faults
+    """The withdrawal's conditions: a child someone started anyway (no longer PENDING) is
+    kept; the untouched ones are withdrawn."""
+    def start_child_by_hand() -> None:
+        app.handler({"jobstate": {"job_id": "cw.s0.1", "step": 0}}, FakeLambdaContext(clock))
 
-    runs: list[int] = []
-    register_parent(app, runs, children=3)
-    register_chunk(app)
-    app.start("parent", None, job_id="cw")
-
-    def meddle(name: str, info: dict[str, Any]) -> None:
-        if name == "before_commit" and info["job_id"] == "cw":
-            # an operator starts child 1 by hand, then cancels the parent
-            app.handler({"jobstate": {"job_id": "cw.s0.1", "step": 0}},
-                        FakeLambdaContext(clock))
-            store.cancel("cw", "operator")
-
-    with faults.installed(meddle):
-        app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    cancel_mid_spawn(app, cont, store, clock, "cw", 3, meanwhile=start_child_by_hand)
     assert [k["job_id"] for k in child_views(store, "cw", 0, 3)] == ["cw.s0.1"]
     assert store.get("cw.s0.1").status is JobStatus.SUCCEEDED
 
@@ -707,11 +709,7 @@ def test_a_child_whose_parent_or_released_sibling_is_gone_still_finishes(app, co
     """Each part of a join can be refused on its own; the child's own terminal write never
     waits on its parent's bookkeeping. A deleted queued sibling: the child joins, releases
     nothing. A deleted parent (expired, then removed by TTL): no join at all."""
-    runs: list[int] = []
-    register_parent(app, runs, children=3, max_concurrency=1)
-    register_chunk(app)
-    app.start("parent", None, job_id="gone")
-    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    spawned(app, cont, clock, "gone", 3, max_concurrency=1)
     [first] = cont.pop_all()  # the cap: only child 0 is started
     store.call("delete_item", Key=_job_key("gone.s0.1"))  # the sibling it would release
     assert app.handler(first, FakeLambdaContext(clock))["outcome"] == "completed"
@@ -730,10 +728,6 @@ def test_a_child_whose_parent_or_released_sibling_is_gone_still_finishes(app, co
 
 
 def test_cancelling_a_child_whose_parent_is_gone_cancels_it(app, cont, store, clock):
-    runs: list[int] = []
-    register_parent(app, runs, children=2)
-    register_chunk(app)
-    app.start("parent", None, job_id="orph")
-    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    spawned(app, cont, clock, "orph", 2)
     store.call("delete_item", Key=_job_key("orph"))
     assert store.cancel("orph.s0.0", "cleanup").status is JobStatus.CANCELLED

@@ -219,13 +219,20 @@ def test_a_paused_backlog_does_not_starve_the_sweeper(app, cont, store, clock):
     assert dispatched == ["urgent"]
 
 
-def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
-    register_counter(app, 1, [], name="later")
-    store.set_paused("later", True)
-    app.start("later", None, job_id="l1")
+def hold_a_job(app: jobstate.App, cont: jobstate.InMemoryContinuation,
+               store: jobstate.JobStore, clock: jobstate.ManualClock, job_type: str,
+               job_id: str) -> None:
+    """A job of a paused type whose step the sweeper has set aside."""
+    register_counter(app, 1, [], name=job_type)
+    store.set_paused(job_type, True)
+    app.start(job_type, None, job_id=job_id)
     cont.pop_all()
     clock.advance(DISPATCH_S + 1)
     assert jobstate.sweep(store, cont).paused == 1  # set aside for PAUSED_RECHECK_MS
+
+
+def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
+    hold_a_job(app, cont, store, clock, "later", "l1")
     assert store.pause_state("later") is True
     assert store.set_paused("later", False) == 1
     assert store.pause_state("later") is False and store.pause_state("never") is None
@@ -243,12 +250,7 @@ def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
 
 def test_a_resume_that_died_while_waking_is_finished_by_the_next(app, cont, store, clock,
                                                                  monkeypatch):
-    register_counter(app, 1, [], name="woke")
-    store.set_paused("woke", True)
-    app.start("woke", None, job_id="w1")
-    cont.pop_all()
-    clock.advance(DISPATCH_S + 1)
-    assert jobstate.sweep(store, cont).paused == 1  # set aside for PAUSED_RECHECK_MS
+    hold_a_job(app, cont, store, clock, "woke", "w1")
     real = store._wake_type
 
     def dies(job_type: str) -> int:
