@@ -58,13 +58,13 @@ class DemoConfig:
     # ends a run early.
     time_limit_s: float = 300.0
     stall_s: float = 45.0
+    endpoint_url: str | None = None
+    keep_dir: bool = False
 
     @property
     def stall_window_s(self) -> float:
         lease_s = self.timeout_ms / 1000 + 5.0  # a killed invocation's lease (grace: ≤ 5 s)
         return max(self.stall_s, 2 * lease_s + 10.0)
-    endpoint_url: str | None = None
-    keep_dir: bool = False
 
 
 Progress = Callable[[list[Scenario]], None]
