@@ -304,7 +304,7 @@ def _cancel_spawned(store: JobStore, lease: Lease, spawned: Spawned) -> None:
     they do not run as orphans, and a resumed parent's re-run spawn makes them afresh
     (children left CANCELLED would be adopted by it and never join). Each delete is
     conditional on the child being untouched (PENDING, unleased, this spawn's) and, in the
-    same transaction, on the parent being still cancelled at this step.
+    same transaction, on the parent being still cancelled at this step under our lease.
     """
     from .errors import JobStateError
 
@@ -312,9 +312,11 @@ def _cancel_spawned(store: JobStore, lease: Lease, spawned: Spawned) -> None:
                                  for i in range(spawned.count)]
     check = {"ConditionCheck": {
         "TableName": store.table_name, "Key": _job_key(lease.job_id),
-        "ConditionExpression": "#step = :n AND #status = :cancelled",
+        # Fenced: only the step that made these children (its lease outlives the
+        # cancel) may withdraw them, and only while the parent is still cancelled there.
+        "ConditionExpression": "lease_owner = :me AND #step = :n AND #status = :cancelled",
         "ExpressionAttributeNames": {"#step": "step", "#status": "status"},
-        "ExpressionAttributeValues": {":n": av(lease.step),
+        "ExpressionAttributeValues": {":me": av(lease.owner), ":n": av(lease.step),
                                       ":cancelled": av(JobStatus.CANCELLED.value)}}}
 
     def delete(cid: str) -> dict[str, Any]:

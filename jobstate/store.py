@@ -826,7 +826,7 @@ class JobStore:
         codec.validate_job_type(job_type)
         if reason:
             validate_reason(reason)
-        key = {"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)}
+        key = _control_key(job_type)
         now = self.clock.now_ms()
         wake = uuid.uuid4().hex  # this resume's wake: only it may say the wake is done
         if paused:
@@ -869,10 +869,11 @@ class JobStore:
         it was never paused (no control item: an unknown or mistyped type). A strong read,
         for operators; steps use the cached `is_paused`."""
         codec.validate_job_type(job_type)
-        resp = self.call(
-            "get_item", Key={"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)},
-            ConsistentRead=True,
-        )
+        return self._control(job_type, consistent=True)
+
+    def _control(self, job_type: str, *, consistent: bool) -> bool | None:
+        """The type's pause flag as stored; None without a control item."""
+        resp = self.call("get_item", Key=_control_key(job_type), ConsistentRead=consistent)
         item = resp.get("Item")
         return None if item is None else bool(item.get("paused", {}).get("BOOL", False))
 
@@ -935,13 +936,8 @@ class JobStore:
             hit = self._pause_cache.get(job_type)
         if hit is not None and hit[0] > now and not fresh:
             return hit[1]
-        resp = self.call(
-            "get_item",
-            Key={"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)},
-            # A kill switch may take a second to be seen: half the price of a strong read.
-            ConsistentRead=fresh,
-        )
-        paused = bool(resp.get("Item", {}).get("paused", {}).get("BOOL", False))
+        # A kill switch may take a second to be seen: half the price of a strong read.
+        paused = bool(self._control(job_type, consistent=fresh))
         with self._lock:
             self._pause_cache[job_type] = (now + self.pause_cache_ms, paused)
         return paused
@@ -1005,6 +1001,10 @@ def routing(job: JobView) -> dict[str, Any]:
 
 def _job_key(job_id: str) -> dict[str, Any]:
     return {"pk": av(schema.job_pk(job_id)), "sk": av(schema.JOB_SK)}
+
+
+def _control_key(job_type: str) -> dict[str, Any]:
+    return {"pk": av(schema.type_pk(job_type)), "sk": av(schema.CONTROL_SK)}
 
 
 def _status_in(statuses: builtins.list[str]) -> str:

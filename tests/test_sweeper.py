@@ -312,6 +312,8 @@ def test_a_sweeper_that_dies_while_failing_a_late_parent_leaves_it_for_the_next_
     class SweeperDied(BaseException):
         pass
 
+    assert "sweeper_children_cancelled" in faults.SWEEPER_POINTS  # a named crash point
+
     def die(name: str, info: dict[str, Any]) -> None:
         if name == "sweeper_children_cancelled":
             raise SweeperDied
