@@ -278,12 +278,30 @@ class JobMachine(RuleBasedStateMachine):
     # -- rules ---------------------------------------------------------------------------
 
     @initialize(lengths=st.lists(st.integers(1, 6), min_size=len(KINDS),
-                                 max_size=len(KINDS)))
-    def start_jobs(self, lengths: list[int]) -> None:
+                                 max_size=len(KINDS)),
+                dies=st.sampled_from([None, *((k, p) for k in sorted(KINDS)
+                                              for p in ("effect_started", "effect_called"))]))
+    def start_jobs(self, lengths: list[int], dies: tuple[str, str] | None) -> None:
         """One job of each kind from the start (random lengths), so every example can
-        reach each kind's unknown-outcome path: reconcile, park, retry."""
+        reach each kind's unknown-outcome path: reconcile, park, retry. With `dies`
+        (kind, point), that kind's first delivery is killed inside its effect (before or
+        after the external call) and its lease runs out, the event redelivered later:
+        the unknown-outcome path is within reach of every such example, not only of
+        those that chain a crash, a long wait and a redelivery by chance."""
         for kind, n in zip(sorted(KINDS), lengths, strict=True):
             self.start_job(kind, n)
+        if dies is None:
+            return
+        kind, point = dies
+        mine = [e for e in self.pending if self.jobs[e["jobstate"]["job_id"]][0] == kind]
+        if not mine:
+            return
+        e = mine[0]
+        self.pending.remove(e)
+        if self.deliver_now(e, crash_at=point).outcome == "crashed":
+            STATS[f"crash:{point}"] += 1
+        self.time_passes(int(TIMEOUT_MS / 1000 + GRACE_S) + 1)
+        self.pending.append(e)  # its retry (or the sweeper's) comes later
 
     @rule(kind=st.sampled_from(sorted(KINDS)), n=st.integers(1, 6))
     def start_job(self, kind: str, n: int) -> None:
