@@ -587,7 +587,9 @@ def test_step_protocol_state_machine(moto: Any) -> None:
     print(f"\nstate machine: {STATS['examples']} examples in {took:.1f}s; {dict(STATS)}")
     if config.max_examples >= 100:
         # The run reached the paths it is for, not only happy ones. (Per-point counts vary
-        # from run to run; these groups are reached many times in every ci run.)
+        # from run to run; these groups are reached many times in every ci run: reconcile
+        # 77-105 times in 200 examples since start_jobs may kill a first delivery inside
+        # its effect; 0-29 before, which once failed CI.)
         reached = {
             "died inside an effect": ("crash:effect_started", "crash:effect_called",
                                       "frozen:effect_started", "frozen:effect_called"),
