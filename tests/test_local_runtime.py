@@ -298,25 +298,30 @@ def test_fault_matrix_real_sigkill_at_each_crash_point(tmp_path, point):
     def ran(kind: str, n: int) -> int:
         return runs[f"fx {ids[kind]} {n}"]
 
+    # What is asserted holds at any machine speed: a slow machine adds real deadline kills
+    # (`kills_at_timeout`), which may land anywhere in a step, and the chaos crash is
+    # aimed at each step until a delivery reaches its point, so it is never used up by a
+    # delivery that died earlier.
     in_effect = point in ("effect_started", "effect_called")
+    timeouts = total["kills_at_timeout"]
     for kind in ("amor", "alo"):
         view = views[ids[kind]]
         assert view.status is jobstate.JobStatus.SUCCEEDED, (kind, view.error)
     for n in range(MATRIX_STEPS):
         assert ran("amor", n) == 1  # at most once, and reconcile settled every crash
-        # At least once; twice where the kill came after the call. (A throttled request's
-        # backoff can also push a step past its real deadline: killed there, it may run
-        # again, which at-least-once allows.)
+        # At least once; twice where the kill came after the call (more after a deadline
+        # kill between the call and its DONE write, which at-least-once allows).
         assert ran("alo", n) >= (2 if point == "effect_called" else 1)
     amo = views[ids["amo"]]
     assert all(ran("amo", n) <= 1 for n in range(MATRIX_STEPS))  # never twice
     if in_effect:  # no reconcile: the unknown outcome parks the job, nothing repeated
         assert (amo.status, amo.step, amo.error_type) == (
             jobstate.JobStatus.FAILED, 0, "EffectOutcomeUnknown")
-        assert ran("amo", 0) == (1 if point == "effect_called" else 0)
+        if timeouts == 0:  # a deadline kill inside the effect may park it first
+            assert ran("amo", 0) == (1 if point == "effect_called" else 0)
     elif amo.status is not jobstate.JobStatus.SUCCEEDED:
         # Parked by a kill nobody chose: only a real deadline kill inside its effect can.
-        assert amo.error_type == "EffectOutcomeUnknown" and total["kills_at_timeout"] > 0
+        assert amo.error_type == "EffectOutcomeUnknown" and timeouts > 0
     else:
         assert [ran("amo", n) for n in range(MATRIX_STEPS)] == [1] * MATRIX_STEPS
     # amor and alo were killed at every step that reaches the point (a completion sends

@@ -34,8 +34,9 @@ class Chaos:
     - `throttle_dynamodb`: a DynamoDB request is answered with ThrottlingException before
       it reaches the table (boto's retry recovers; never twice in a row).
 
-    `crash_first=True` crashes only the first delivery of each step (a fault matrix:
-    with `crash=1` and one crash point, every step is killed there exactly once).
+    `crash_first=True` crashes only the first delivery of each step that reaches the
+    chosen point (a fault matrix: with `crash=1` and one crash point, every step that
+    reaches it is killed there exactly once, however slow the machine).
     """
 
     seed: int = 0

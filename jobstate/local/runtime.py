@@ -103,6 +103,9 @@ class LocalRuntime:
     an error or a timeout, and `max_event_age_s`); 1.0 is real time.
     `dispatch_timeout_s` / `lease_grace_s`, when given, override the app's store and app
     settings inside the workers (handy to make recovery from lost events quick locally).
+    `reconcile_guard_s` overrides `App(reconcile_guard_s=...)`: 0 by default, since every
+    worker here reads the same clock (there is no skew to guard against); None keeps the
+    app's own.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class LocalRuntime:
         function_name: str = "jobstate-local",
         dispatch_timeout_s: float | None = None,
         lease_grace_s: float | None = None,
+        reconcile_guard_s: float | None = 0.0,
         work_dir: str | None = None,
         env: dict[str, str] | None = None,
         init_timeout_s: float = 30.0,
@@ -157,7 +161,8 @@ class LocalRuntime:
         self.sweep_interval_s = sweep_interval_s
         self.time_scale = float(time_scale)
         self.function_name = function_name
-        self.overrides = {"dispatch_timeout_s": dispatch_timeout_s, "lease_grace_s": lease_grace_s}
+        self.overrides = {"dispatch_timeout_s": dispatch_timeout_s, "lease_grace_s": lease_grace_s,
+                          "reconcile_guard_s": reconcile_guard_s}
         self.init_timeout_s = init_timeout_s
         self.extra_env = dict(env or {})
         self._own_dir = work_dir is None
@@ -175,6 +180,9 @@ class LocalRuntime:
         self._closing = False
         self._started_at = 0.0
         self._warned: set[str] = set()
+        # crash_first: the point each step's crash is aimed at, until it fires there.
+        self._crash_aims: dict[str, str | None] = {}
+        self._crash_fired: set[str] = set()
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -472,12 +480,7 @@ class LocalRuntime:
         if d.future is None and self._dropped(d):
             return
         w = self._worker_for(slot)
-        crash_at = None
-        if d.future is None and self.chaos.crash and (
-                not self.chaos.crash_first or self.dice.nth(f"first:{d.key}") == 0):
-            rng = self.dice.rng(f"crash:{d.key}")
-            if rng.random() < self.chaos.crash:
-                crash_at = rng.choice(self.chaos.crash_points)
+        crash_at = self._crash_at(d.key) if d.future is None and self.chaos.crash else None
         if d.duplicate:
             self.stats.bump("duplicates_delivered", d.group)
         self.stats.bump("invocations", d.group)
@@ -493,6 +496,24 @@ class LocalRuntime:
             d.future.set_result(result)
         elif not result.get("ok"):
             self._lambda_retry(d, result)
+
+    def _crash_at(self, key: str) -> str | None:
+        """Where this delivery is killed. With `crash_first`, each step's crash is drawn
+        once and aimed at every delivery of the step until one reaches the point: a
+        delivery that ends before it (a real deadline on a slow machine) does not use it
+        up, so the matrix kills every step at its point whatever the machine's speed."""
+        if not self.chaos.crash_first:
+            rng = self.dice.rng(f"crash:{key}")
+            hit = rng.random() < self.chaos.crash
+            return rng.choice(self.chaos.crash_points) if hit else None
+        with self._lock:
+            if key in self._crash_fired:
+                return None
+            if key not in self._crash_aims:
+                rng = self.dice.rng(f"crash:{key}")
+                hit = rng.random() < self.chaos.crash
+                self._crash_aims[key] = rng.choice(self.chaos.crash_points) if hit else None
+            return self._crash_aims[key]
 
     def _dropped(self, d: Delivery) -> bool:
         age = time.time() - d.first_at
@@ -552,6 +573,8 @@ class LocalRuntime:
                 if self._closing:
                     return {"ok": False}
                 if crashed:
+                    with self._lock:
+                        self._crash_fired.add(d.key)
                     self.stats.bump("crashes_injected", d.group)
                     self._log(w.slot, f"{inv['request_id']} chaos: SIGKILL at {crashed}")
                     return {"ok": False, "error_type": "Crash",
