@@ -15,6 +15,7 @@ from .errors import (
     DispatchFailed,
     EffectNotDone,
     EffectOutcomeUnknown,
+    EffectResultNotStored,
     InvalidEvent,
     InvalidInput,
     InvalidStepResult,
@@ -29,6 +30,7 @@ from .errors import (
     StoreUnavailable,
     TableNotFound,
     TokensUnreadable,
+    TokensUnwritable,
     UnknownJobType,
 )
 from .fanout import ChildView, cancel_tree, chain_ranges, rollup
@@ -52,6 +54,7 @@ __all__ = [
     "DispatchFailed",
     "EffectNotDone",
     "EffectOutcomeUnknown",
+    "EffectResultNotStored",
     "Failed",
     "HistoryEntry",
     "InMemoryContinuation",
@@ -85,6 +88,7 @@ __all__ = [
     "SystemClock",
     "TableNotFound",
     "TokensUnreadable",
+    "TokensUnwritable",
     "UnknownJobType",
     "Wait",
     "cancel_tree",

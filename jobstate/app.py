@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 import uuid
@@ -9,9 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import codec, faults, observe, protocol
+from . import codec, faults, observe, protocol, redact
 from .clock import Clock
-from .context import Completed, Failed, StepContext, Suspend, Wait
+from .context import Completed, Failed, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
 from .errors import (
     DispatchFailed,
@@ -27,8 +28,9 @@ from .errors import (
     StateTooLarge,
     UnknownJobType,
 )
-from .protocol import Lease, State
+from .protocol import Lease
 from .retry import RetryPolicy
+from .signals import Deferred, Suspend
 from .status import ClaimOutcome, JobStatus
 from .store import JobStore, Limits, routing
 from .timebudget import TimeBudget
@@ -37,6 +39,10 @@ StepFn = Callable[[StepContext], Any]
 GUARD = "RunawayGuard"  # error_type of a job failed by max_steps or its deadline
 EVENT_KEY = "jobstate"
 DEFAULT_TIMEOUT_MS = 900_000
+MAX_HOP = 1_000_000_000
+# Which invocation of its chain (Lambda's recursion count) the running step is: events it
+# dispatches are the next one. 0 outside a handler (a start from a script is hop 1).
+_HOP: contextvars.ContextVar[int] = contextvars.ContextVar("jobstate_hop", default=0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class App:
         lease_grace_s: float = 5.0,
         default_timeout_ms: int = DEFAULT_TIMEOUT_MS,
         reserve_ms: int = 1_500,
+        reconcile_guard_s: float = 30.0,
         logger: Any = None,
         emf: bool | None = None,
     ) -> None:
@@ -98,6 +105,15 @@ class App:
         self.lease_grace_ms = int(lease_grace_s * 1000)
         self.default_timeout_ms = default_timeout_ms
         self.reserve_ms = reserve_ms
+        # An at-most-once effect left STARTED by an earlier owner is reconciled only this
+        # long after that owner's lease ran out (by this host's clock), so a host whose
+        # clock runs ahead cannot run it while its first call is still in flight: it
+        # runs twice only if clocks differ by more than lease_grace_s + this.
+        if (isinstance(reconcile_guard_s, bool) or not isinstance(reconcile_guard_s, int | float)
+                or not 0 <= reconcile_guard_s <= 3600):
+            raise InvalidInput(f"reconcile_guard_s must be a number of seconds from 0 to 3600, "
+                               f"got {reconcile_guard_s!r}")
+        self.reconcile_guard_ms = int(reconcile_guard_s * 1000)
         self.specs: dict[str, JobSpec] = {}
         self.hooks: list[Callable[[str, dict[str, Any]], None]] = []
         # Log lines go to `logger` (stdlib or Powertools Logger; default the `jobstate`
@@ -190,6 +206,14 @@ class App:
 
     def _handle(self, event: Any, context: Any, inv: observe.Invocation) -> dict[str, Any]:
         body = _parse_event(event)
+        token = _HOP.set(body.get("hop") or 1)
+        try:
+            return self._handle_body(body, context, inv)
+        finally:
+            _HOP.reset(token)
+
+    def _handle_body(self, body: dict[str, Any], context: Any,
+                     inv: observe.Invocation) -> dict[str, Any]:
         if "start" in body:
             req = body["start"]
             if not isinstance(req, Mapping) or not isinstance(req.get("job_type"), str):
@@ -232,12 +256,10 @@ class App:
             known = self.store.view(raw, secrets=False)
             job_type, ancestors = known.job_type, list(known.ancestors)
         self.spec(job_type)  # unknown type: fail before any write
-        for t in (*ancestors, job_type):
-            if self.store.is_paused(t):
-                report = StepReport(job_id, step, ClaimOutcome.PAUSED.value,
-                                    f"job type {t!r} is paused; left due for the sweeper")
-                self._emit(report, job_type)
-                return report
+        checked = (*ancestors, job_type)
+        paused = self._paused_among(checked)
+        if paused is not None:
+            return self._paused(job_id, step, paused, job_type)
         started = time.monotonic()
         deadline = self._deadline_ms(context)
         request_id = str(getattr(context, "aws_request_id", None) or uuid.uuid4())
@@ -245,12 +267,19 @@ class App:
             lease_until = deadline + self.lease_grace_ms
             faults.point("before_claim", job_id=job_id, step=step)
             claim = protocol.claim(self.store, job_id, step, request_id=request_id,
-                                   lease_until_ms=lease_until)
+                                   lease_until_ms=lease_until, job_type=job_type)
             if claim.lease is None:
                 report = StepReport(job_id, step, claim.outcome.value, claim.detail,
                                     status=claim.job.status.value if claim.job else None)
                 self._emit(report, job_type)
                 return report
+            # The event's ancestors are what was checked; the job's own are the truth (an
+            # event that leaves some out must not get past their pause).
+            unchecked = [t for t in claim.lease.job.pause_types if t not in checked]
+            paused = self._paused_among(unchecked)
+            if paused is not None:
+                protocol.release(self.store, claim.lease)
+                return self._paused(job_id, step, paused, job_type)
             report, retry_in_process = self._run_claimed(claim.lease, context, deadline,
                                                          claim.outcome)
             if retry_in_process is None:
@@ -260,6 +289,15 @@ class App:
             self.clock.sleep(retry_in_process / 1000)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _paused_among(self, job_types: Any) -> str | None:
+        return next((t for t in job_types if self.store.is_paused(t)), None)
+
+    def _paused(self, job_id: str, step: int, paused: str, job_type: str) -> StepReport:
+        report = StepReport(job_id, step, ClaimOutcome.PAUSED.value,
+                            f"job type {paused!r} is paused; left due for the sweeper")
+        self._emit(report, job_type)
+        return report
 
     def _deadline_ms(self, context: Any) -> int:
         now = self.clock.now_ms()
@@ -283,10 +321,10 @@ class App:
 
         verdict = self._guard(job, lease) or before_step(self.store, lease)
         if verdict is not None:
-            # Runaway guard or a failed child: fail the job (joining its parent, if any).
-            state = State.encode(self.store, job.cursor, job.tokens, job.progress.to_dict())
+            # Runaway guard or a failed child: fail the job (joining its parent, if any),
+            # its stored state untouched (nothing ran to change it).
             try:
-                protocol.finish(self.store, lease, state, JobStatus.FAILED, error=verdict,
+                protocol.finish(self.store, lease, None, JobStatus.FAILED, error=verdict,
                                 error_type=GUARD if verdict.startswith("runaway guard")
                                 else "ChildFailed",
                                 extra_actions=self._join_actions(lease, "FAILED", None,
@@ -299,12 +337,15 @@ class App:
             return self._done(lease, "failed", verdict, JobStatus.FAILED), None
         budget = TimeBudget(lambda: deadline_ms - self.clock.now_ms(), self.clock.now_ms,
                             reserve_ms=self.reserve_ms)
-        ctx = StepContext(self.store, lease, budget, lambda_context=context, specs=self.specs)
+        ctx = StepContext(self.store, lease, budget, lambda_context=context, specs=self.specs,
+                          reconcile_guard_ms=self.reconcile_guard_ms)
         self._emit(StepReport(job.job_id, lease.step, "claimed"), job.job_type)
         try:
             returned = spec.fn(ctx)
         except Suspend as s:
             returned = s.wait
+        except Deferred as d:
+            return self._deferred(lease, ctx, d)
         except JobCancelled as exc:
             return self._cancelled(lease, exc), None
         except LeaseLost as exc:
@@ -329,7 +370,10 @@ class App:
             if isinstance(returned, Completed):
                 result_json = codec.dumps(returned.result, "result")
                 state.check(input_json=ctx._input_json, result=result_json)
-        except (JobStateError, TypeError) as exc:
+        except Exception as exc:
+            # Whatever stops the state from being encoded (a cipher denied by KMS, a value
+            # JSON cannot hold) is this attempt's failure, recorded under the lease: never
+            # an escape that leaves the lease held and the sweeper re-running the step.
             return self._failed(spec, lease, ctx, exc)
         faults.point("before_commit", job_id=lease.job_id, step=lease.step)
         try:
@@ -341,7 +385,7 @@ class App:
                 self._after_terminal(lease, context)
                 return self._done(lease, "completed", "", JobStatus.SUCCEEDED), None
             if isinstance(returned, Failed):
-                reason = codec.scrub(returned.reason, ctx.tokens, lease.job.tokens)
+                reason = redact.scrub(returned.reason, ctx.tokens, lease.job.tokens)
                 protocol.finish(self.store, lease, state, JobStatus.FAILED,
                                 error=reason, error_type="Failed", advance=True,
                                 extra_actions=self._join_actions(lease, "FAILED", None,
@@ -360,7 +404,7 @@ class App:
                                       wait_reason=returned.reason)
                 return self._done(lease, "waiting", returned.reason, JobStatus.WAITING,
                                   nxt), None
-            nxt = protocol.commit(self.store, lease, state)
+            nxt = protocol.commit(self.store, lease, state, hop=_HOP.get() + 1)
         except JobCancelled as exc:
             return self._cancelled(lease, exc), None
         except LeaseLost as exc:
@@ -387,7 +431,7 @@ class App:
                 exc, JobStateError
             ):
                 message = f"step {lease.step} failed {attempt} times; last error {message}"
-        message = codec.scrub(message, ctx.tokens, lease.job.tokens)
+        message = redact.scrub(message, ctx.tokens, lease.job.tokens)
         try:
             if retry_in is None:
                 # state None: keep the last checkpoint, not the claim's copy.
@@ -412,6 +456,21 @@ class App:
         remaining = ctx.remaining_ms() - self.reserve_ms
         if retry_in is not None and retry_in < remaining / 2:
             return report, retry_in
+        return report, None
+
+    def _deferred(self, lease: Lease, ctx: StepContext,
+                  d: Deferred) -> tuple[StepReport, int | None]:
+        try:
+            protocol.defer(self.store, lease, d.until_ms, d.reason)
+        except JobCancelled as e:
+            return self._cancelled(lease, e), None
+        except LeaseLost as e:
+            return self._done(lease, "lease_lost", str(e), None), None
+        report = self._done(lease, "deferred", d.reason, JobStatus.RUNNING)
+        wait_ms = max(0, d.until_ms - self.clock.now_ms())
+        report.extra["retry_in_ms"] = wait_ms
+        if wait_ms < (ctx.remaining_ms() - self.reserve_ms) / 2:
+            return report, wait_ms  # fits this invocation: wait here and claim again
         return report, None
 
     def _guard(self, job: Any, lease: Lease) -> str | None:
@@ -444,6 +503,7 @@ class App:
         return report
 
     def _dispatch(self, event: dict[str, Any], context: Any) -> None:
+        event[EVENT_KEY].setdefault("hop", _HOP.get() + 1)
         try:
             self.continuation.dispatch(event, context=context)
         except DispatchFailed as exc:
@@ -459,7 +519,20 @@ class App:
         observe.event(report.outcome, level, job_id=report.job_id, job_type=job_type,
                       step=report.step, detail=report.detail or None)
         for hook in self.hooks:
-            hook(report.outcome, {"job_type": job_type, **report.to_dict()})
+            try:
+                hook(report.outcome, {"job_type": job_type, **report.to_dict()})
+            except Exception as exc:
+                # A hook observes; it never changes the job (a raise here on `claimed`
+                # would leave the lease held and the step unrun). Its text may quote
+                # anything: the type is logged.
+                observe.event("hook_failed", logging.WARNING, job_id=report.job_id,
+                              job_type=job_type, step=report.step,
+                              detail=f"{_name_of(hook)} raised {type(exc).__name__} on "
+                                     f"{report.outcome!r}")
+
+
+def _name_of(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
 
 
 def deadline_reason(job: Any) -> str:
@@ -482,6 +555,11 @@ def _parse_event(event: Any) -> dict[str, Any]:
             type(event).__name__)
         raise InvalidEvent(f"not a jobstate event (got {keys}); {expected}.")
     body = dict(event[EVENT_KEY])
+    hop = body.get("hop")
+    if hop is not None and (isinstance(hop, bool) or not isinstance(hop, int)
+                            or not 1 <= hop <= MAX_HOP):
+        raise InvalidEvent(f"jobstate event 'hop' must be an int from 1 to {MAX_HOP}, got "
+                           f"{hop!r:.80}.")
     if "start" in body:
         return body
     job_id, step = body.get("job_id"), body.get("step")

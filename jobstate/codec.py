@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidInput, StateNotSerializable, StateTooLarge
+from .redact import REDACTED as REDACTED  # re-exported: `jobstate.codec.REDACTED` is documented
+from .redact import redact as redact
+from .redact import scrub as scrub
 
 ITEM_LIMIT_BYTES = 400 * 1024
 """DynamoDB's hard item size limit, attribute names included."""
@@ -21,11 +24,14 @@ STATE_BUDGET_BYTES = 350 * 1024
 The rest is left for jobstate's own attributes, so a write never fails at DynamoDB.
 """
 
-REDACTED = "***redacted***"
-
 # \Z, not $: `$` also matches before a trailing newline, which let "id\n" through.
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/=+\-]{0,199}\Z")
 _TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")
+
+
+# Python refuses to turn ints of more than sys.get_int_max_str_digits() digits (4300 by
+# default; about 14,000 bits) into text; only ints near that size are tried.
+_INT_BITS_CHECKED = 10_000
 
 
 def _check_json(value: Any, path: str, depth: int = 0) -> None:
@@ -36,6 +42,14 @@ def _check_json(value: Any, path: str, depth: int = 0) -> None:
     if value is None or isinstance(value, bool | str):
         return
     if isinstance(value, int):
+        if value.bit_length() > _INT_BITS_CHECKED:
+            try:
+                str(value)
+            except ValueError:
+                raise StateNotSerializable(
+                    f"{path} is an int of {value.bit_length()} bits, too large to write as "
+                    "JSON text; store it as a string (str(n)) or in S3."
+                ) from None
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -149,41 +163,3 @@ class Cipher:
     decrypt: Callable[[str], str]
 
 
-MIN_SCRUB_CHARS = 4  # shorter token values ("1", "ok") would blank ordinary words
-
-
-def _secret_strings(value: Any, out: set[str], depth: int = 0) -> None:
-    if depth > 32:
-        return
-    if isinstance(value, str):
-        if len(value) >= MIN_SCRUB_CHARS:
-            out.add(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _secret_strings(v, out, depth + 1)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _secret_strings(v, out, depth + 1)
-
-
-def scrub(text: str, *secrets: Any) -> str:
-    """`text` with every string value found in `secrets` (tokens) replaced by a marker.
-
-    Error messages are stored on the job and logged; an exception raised by user code
-    can quote a token (a URL with a job id, say), so it is scrubbed first.
-    """
-    found: set[str] = set()
-    for s in secrets:
-        _secret_strings(s, found)
-    for value in sorted(found, key=len, reverse=True):
-        text = text.replace(value, REDACTED)
-    return text
-
-
-def redact(value: Any) -> Any:
-    """Replace every leaf of a tokens mapping with a marker, keeping its keys visible."""
-    if isinstance(value, dict):
-        return {k: REDACTED for k in value}
-    if value in (None, {}):
-        return value
-    return REDACTED

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 from tenacity.wait import wait_base
 
-from . import codec, protocol
+from . import codec, protocol, redact
 from .effects import Effects
 from .errors import InvalidInput, JobStateError
 from .protocol import Lease, State
 from .records import JobView, Progress
 from .retry import tenacity_delay_ms
+from .signals import Suspend
 from .status import Semantics
 from .store import JobStore
 from .timebudget import TimeBudget
@@ -51,17 +52,6 @@ class Wait:
     reason: str
 
 
-class Suspend(BaseException):
-    """Raised by ctx.sleep/ctx.poll to end the step waiting.
-
-    A BaseException, so a step's own `except Exception` cannot swallow it.
-    """
-
-    def __init__(self, wait: Any) -> None:
-        super().__init__(getattr(wait, "reason", "children"))
-        self.wait = wait
-
-
 class PollTimedOut(JobStateError):
     """`ctx.poll` gave up: the condition did not hold within its timeout."""
 
@@ -78,12 +68,13 @@ class StepContext:
         lambda_context: Any = None,
         logger: logging.LoggerAdapter[logging.Logger] | None = None,
         specs: Mapping[str, Any] | None = None,
+        reconcile_guard_ms: int = 0,
     ) -> None:
         job = lease.job
         self._store = store
         self._lease = lease
         self._budget = budget
-        self._effects = Effects(store, lease)
+        self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms)
         self.lambda_context = lambda_context
         self._specs = dict(specs or {})
         self.job_id: str = job.job_id
@@ -100,7 +91,7 @@ class StepContext:
     def __repr__(self) -> str:
         return (
             f"StepContext(job_id={self.job_id!r}, job_type={self.job_type!r}, "
-            f"step={self.step}, cursor={self.cursor!r}, tokens={codec.redact(self.tokens)!r})"
+            f"step={self.step}, cursor={self.cursor!r}, tokens={redact.redact(self.tokens)!r})"
         )
 
     @property

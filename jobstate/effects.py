@@ -14,23 +14,29 @@ Results are JSON, size-checked, and encrypted with the store's cipher when it ha
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from . import codec, faults, observe, schema
+from . import codec, faults, observe, redact, schema
 from .dynamo import CONDITION_FAILED, TRANSACTION_CANCELLED, av, error_code, old_item
 from .errors import (
     EffectNotDone,
     EffectOutcomeUnknown,
+    EffectResultNotStored,
     InvalidInput,
     JobNotFound,
+    JobStateError,
     LeaseLost,
     StateTooLarge,
+    StoreUnavailable,
 )
 from .protocol import Lease
+from .signals import Deferred
 from .status import NOT_DONE, Semantics
 from .store import JobStore
 
@@ -41,6 +47,12 @@ RESULT_BUDGET_BYTES = 300 * 1024
 BATCH_CHUNK = 25  # once_batch: keys started, run and recorded together (crash blast radius)
 TXN_BYTES = 3_500_000  # a DONE transaction stays under TransactWriteItems' 4 MB
 ENCRYPTED_PREFIX = "enc:"
+NOT_STORED = "ResultNotStored:"  # last_error of an effect whose call returned, result unstored
+PERSIST_ATTEMPTS = 6  # a settling write is tried this often through a short outage ...
+PERSIST_RESERVE_MS = 1_000  # ... while this much of the invocation is left after the pause
+ENCODE_ATTEMPTS = 3  # a cipher that fails now and then (KMS throttling) is tried again
+
+T = TypeVar("T")
 
 
 def validate_key(key: object) -> str:
@@ -78,6 +90,8 @@ def _started_item(store: JobStore, lease: Lease, key: str, sem: Semantics,
         **_key(lease.job_id, key),
         "state": av(STARTED), "owner": av(lease.owner), "step": av(lease.step),
         "started_at": av(now), "semantics": av(sem.value), "runs": av(1),
+        # The owner's lease expiry (its clock): an at-most-once take-over waits past it.
+        "lease_until": av(lease.expires_at),
     }
     ttl = expires_at(store, lease.job.deadline_at)
     if ttl is not None:
@@ -131,12 +145,32 @@ def _mine(lease: Lease, key: str) -> dict[str, Any]:
     }
 
 
+def _how(old: Mapping[str, Any], owner: str) -> str:
+    """What is known of how an effect was left STARTED, for an operator."""
+    raised = old.get("last_error", {}).get("S")
+    if raised and raised.startswith(NOT_STORED):
+        return (f"its call returned, so it happened, but its result could not be stored "
+                f"({raised[len(NOT_STORED):]}): record it with its result")
+    if raised:
+        return f"its call raised {raised}"
+    return (f"the attempt that started it (owner {owner}) ended without recording an "
+            "outcome: its invocation died or timed out, or DynamoDB failed its writes")
+
+
 @dataclass
 class Effects:
-    """The effect operations of one step (bound to its lease)."""
+    """The effect operations of one step (bound to its lease).
+
+    `time_left_ms` is the invocation's remaining time (writes that settle an effect are
+    retried through a short DynamoDB outage while it lasts); `reconcile_guard_ms` is how
+    long past an earlier owner's lease an at-most-once effect it left STARTED is still
+    treated as possibly in flight (clock skew between hosts).
+    """
 
     store: JobStore
     lease: Lease
+    time_left_ms: Callable[[], int] = field(default=lambda: 10_000)
+    reconcile_guard_ms: int = 0
     # Keys whose `fn` is running right now (a nested `once` with the same key is a bug),
     # and keys whose `fn` was called in this step but not recorded DONE (it raised, or the
     # DONE write failed): their outcome is unknown, like a crash's, so a second `once` of
@@ -168,6 +202,11 @@ class Effects:
                 ConditionExpression="attribute_not_exists(pk)",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
+        except StoreUnavailable:
+            # The put may have been applied with its answer lost; `fn` was not called, so
+            # take the record back, or the retry would think its outcome unknown.
+            self._settle(key, self._forget, key)
+            raise
         except ClientError as exc:
             if error_code(exc) != CONDITION_FAILED:
                 raise
@@ -194,21 +233,21 @@ class Effects:
         # earlier in the step when fn raised: it may or may not have happened.
         if sem == Semantics.AT_MOST_ONCE:
             if reconcile is None:
-                raised = old.get("last_error", {}).get("S")
-                how = (f"its call raised {raised}" if raised
-                       else f"the invocation that started it died (owner {owner})")
                 raise EffectOutcomeUnknown(
                     f"effect {key!r} of job {self.lease.job_id!r} was started but never "
-                    f"recorded as done ({how}); it may or may not have happened, and "
-                    "at-most-once forbids running it again. Check the external system, "
-                    f"then run `jobstate effect done {self.lease.job_id} '{key}' --result "
-                    f"JSON` (it happened) or `jobstate effect retry {self.lease.job_id} "
-                    f"'{key}'` (it did not), and `jobstate resume {self.lease.job_id}`. "
-                    "Pass reconcile=... to ctx.once to decide this automatically, or raise "
-                    "jobstate.EffectNotDone from fn when a call certainly did not happen.",
+                    f"recorded as done ({_how(old, owner)}); it may or may not have "
+                    "happened, and at-most-once forbids running it again. Check the "
+                    f"external system, then run `jobstate effect done {self.lease.job_id} "
+                    f"'{key}' --result JSON` (it happened) or `jobstate effect retry "
+                    f"{self.lease.job_id} '{key}'` (it did not), and `jobstate resume "
+                    f"{self.lease.job_id}`. Pass reconcile=... to ctx.once to decide this "
+                    "automatically, or raise jobstate.EffectNotDone from fn when a call "
+                    "certainly did not happen.",
                     job_id=self.lease.job_id,
                     key=key,
                 )
+            if owner != self.lease.owner:
+                self._wait_out(key, old)
             outcome = reconcile(*args, **kwargs)
             if outcome is not NOT_DONE:
                 self._write_done(key, outcome, owner)
@@ -219,24 +258,49 @@ class Effects:
         self._unknown.discard(key)
         return self._run(key, fn, args, kwargs, sem)
 
+    def _wait_out(self, key: str, old: Mapping[str, Any]) -> None:
+        """Before `reconcile` decides an earlier owner's at-most-once effect: that owner
+        may still be running its call if its clock is behind ours. Its lease (by its own
+        clock) plus the guard must be over by ours, or the step is deferred until then.
+
+        Only a take-over can meet a live call: a step whose claim found no lease knows every
+        earlier attempt ended (each released its lease after its step function returned),
+        and an effect whose call raised (`last_error`) is over. A record written before
+        leases were recorded on effects carries no `lease_until` and is not guarded."""
+        until = old.get("lease_until", {}).get("N")
+        if until is None or not self.lease.takeover or "last_error" in old:
+            return
+        ready_at = int(until) + self.reconcile_guard_ms
+        now = self.store.clock.now_ms()
+        if now > ready_at:
+            return
+        raise Deferred(ready_at + 1, f"effect {key!r} may still be in flight under its "
+                                     f"earlier owner until {ready_at} ms epoch")
+
     def _take_over(self, key: str, old_owner: str) -> None:
         now = self.store.clock.now_ms()
         try:
             self.store.call(
                 "update_item",
                 Key=_key(self.lease.job_id, key),
-                UpdateExpression="SET #owner = :me, #step = :step, started_at = :now "
-                                 "ADD runs :one",
+                UpdateExpression="SET #owner = :me, #step = :step, started_at = :now, "
+                                 "lease_until = :until ADD runs :one",
                 ConditionExpression="#state = :started AND #owner = :old",
                 ExpressionAttributeNames={"#owner": "owner", "#state": "state", "#step": "step"},
                 ExpressionAttributeValues={
                     ":me": av(self.lease.owner), ":step": av(self.lease.step), ":now": av(now),
-                    ":one": av(1), ":started": av(STARTED), ":old": av(old_owner),
+                    ":until": av(self.lease.expires_at), ":one": av(1),
+                    ":started": av(STARTED), ":old": av(old_owner),
                 },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if error_code(exc) != CONDITION_FAILED:
                 raise
+            old = old_item(exc) or {}
+            if (old.get("state", {}).get("S") == STARTED
+                    and old.get("owner", {}).get("S") == self.lease.owner):
+                return  # botocore resent our take-over after its response was lost
             raise LeaseLost(
                 f"effect {key!r} changed hands while this step tried to take it over; another "
                 "invocation holds the job. Stop work and return.",
@@ -254,9 +318,10 @@ class Effects:
             return fn(*args, **kwargs)
         except Exception as exc:
             if sem == Semantics.AT_LEAST_ONCE or isinstance(exc, EffectNotDone):
-                self._forget(key)  # not done (or allowed again): a retry runs it
+                # Not done (or allowed again): a retry runs it.
+                self._settle(key, self._forget, key)
             else:
-                self._mark_unknown(key, exc)
+                self._settle(key, self._mark_unknown, key, exc)
             raise
         # A BaseException is a kill or a cancel: leave STARTED, the outcome is unknown.
         finally:
@@ -266,18 +331,64 @@ class Effects:
              kwargs: Mapping[str, Any], sem: Semantics) -> Any:
         result = self._call(key, fn, args, kwargs, sem)
         faults.point("effect_called", job_id=self.lease.job_id, key=key)
-        try:
-            result_json = encode_result(self.store, result, key)
-        except Exception:
-            # The effect happened but its result cannot be stored: record DONE without it.
-            self._write_done_json(key, "null", self.lease.owner)
-            raise
-        self._write_done_json(key, result_json, self.lease.owner)
+        result_json = self._encode(key, result)
+        self._persist(self._write_done_json, key, result_json, self.lease.owner)
         self._unknown.discard(key)
         return result
 
+    def _encode(self, key: str, result: Any) -> str:
+        """The result's stored form. If it cannot be had, the effect stays STARTED (it
+        happened, its result is unknown here): never DONE with a result it did not give."""
+        for attempt in range(1, ENCODE_ATTEMPTS + 1):
+            try:
+                return encode_result(self.store, result, key)
+            except JobStateError as exc:  # not JSON, too large: no retry can fix it
+                self._not_stored(key, exc)
+                raise
+            except Exception as exc:  # the cipher (KMS throttled, access denied, ...)
+                if attempt < ENCODE_ATTEMPTS:
+                    self.store.clock.sleep(0.05 * 2 ** attempt)
+                    continue
+                self._not_stored(key, exc)
+                raise EffectResultNotStored(
+                    f"effect {key!r} of job {self.lease.job_id!r} ran, but its result could "
+                    f"not be encrypted ({type(exc).__name__}, {ENCODE_ATTEMPTS} tries): it "
+                    "is left STARTED, so the retry asks reconcile, parks the job "
+                    "(at-most-once) or runs it again (at-least-once). Fix the cipher.",
+                    job_id=self.lease.job_id, key=key,
+                ) from exc
+        raise AssertionError("unreachable")
+
+    def _not_stored(self, key: str, exc: BaseException) -> None:
+        self._settle(key, self._mark_unknown, key, exc, NOT_STORED)
+
+    def _persist(self, write: Callable[..., T], *args: Any) -> T:
+        """A write that settles an effect, tried again through a short DynamoDB outage
+        while the invocation has time: what it records keeps a later attempt from taking
+        an effect that never ran (or whose result is known) for an unknown outcome."""
+        for attempt in range(1, PERSIST_ATTEMPTS + 1):
+            try:
+                return write(*args)
+            except StoreUnavailable:
+                pause_ms = 100 * 2 ** (attempt - 1)
+                if (attempt == PERSIST_ATTEMPTS
+                        or self.time_left_ms() - pause_ms < PERSIST_RESERVE_MS):
+                    raise
+                self.store.clock.sleep(pause_ms / 1000)
+        raise AssertionError("unreachable")
+
+    def _settle(self, key: str, write: Callable[..., Any], *args: Any) -> None:
+        """Settle a record on the way out of a failure (persisting through a short outage);
+        the failure, not this, is what the caller raises."""
+        try:
+            self._persist(write, *args)
+        except (StoreUnavailable, ClientError) as exc:
+            observe.event("effect_unsettled", logging.WARNING, job_id=self.lease.job_id,
+                          step=self.lease.step, detail=f"effect {key!r}: {type(exc).__name__}")
+
     def _write_done(self, key: str, result: Any, expect_owner: str) -> None:
-        self._write_done_json(key, encode_result(self.store, result, key), expect_owner)
+        result_json = encode_result(self.store, result, key)
+        self._persist(self._write_done_json, key, result_json, expect_owner)
 
     def _write_done_json(self, key: str, result_json: str, expect_owner: str) -> None:
         now = self.store.clock.now_ms()
@@ -291,7 +402,7 @@ class Effects:
             old = old_item(exc) or {}
             if (old.get("state", {}).get("S") == DONE
                     and old.get("owner", {}).get("S") == self.lease.owner):
-                # botocore resent our DONE write after its response was lost: it applied.
+                # Our DONE write was sent again after its response was lost: it applied.
                 return
             raise LeaseLost(
                 f"effect {key!r} of job {self.lease.job_id!r} is no longer owned by this "
@@ -306,13 +417,13 @@ class Effects:
             if error_code(exc) != CONDITION_FAILED:
                 raise
 
-    def _mark_unknown(self, key: str, exc: BaseException) -> None:
-        """fn raised under at-most-once: keep STARTED, note what was raised (its type only:
-        an exception's text may carry secrets)."""
+    def _mark_unknown(self, key: str, exc: BaseException, prefix: str = "") -> None:
+        """fn raised under at-most-once (or its result could not be stored): keep STARTED,
+        note what was raised (its type only: an exception's text may carry secrets)."""
         self._unknown.add(key)
         kw = _mine(self.lease, key)
         kw["UpdateExpression"] = "SET last_error = :e"
-        kw["ExpressionAttributeValues"][":e"] = av(type(exc).__name__)
+        kw["ExpressionAttributeValues"][":e"] = av(prefix + type(exc).__name__)
         try:
             self.store.call("update_item", **kw)
         except ClientError as err:
@@ -368,6 +479,10 @@ class Effects:
                    for k in chunk]
         try:
             self.store.call("transact_write_items", TransactItems=actions)
+        except StoreUnavailable:
+            # Maybe applied, answer lost; no fn was called: take the records back.
+            self._settle(chunk[0], self._forget_all, chunk)
+            raise
         except ClientError as exc:
             if error_code(exc) != TRANSACTION_CANCELLED:
                 raise
@@ -380,19 +495,15 @@ class Effects:
             try:
                 value = self._call(k, fn, tuple(calls[k]), {}, sem)
                 faults.point("effect_called", job_id=self.lease.job_id, key=k)
+                done.append((k, self._encode(k, value)))  # unstorable: left STARTED
             except Exception as exc:
                 failure = exc
-                self._forget_all(chunk[n + 1:])  # certainly not run
+                self._settle(k, self._forget_all, chunk[n + 1:])  # certainly not run
                 break
             results[k] = value
-            try:
-                done.append((k, encode_result(self.store, value, k)))
-            except Exception as exc:
-                done.append((k, "null"))
-                failure = exc
-                self._forget_all(chunk[n + 1:])
-                break
-        self._record_done(done, now)
+        self._persist(self._record_done, done, now)
+        for k, _ in done:
+            self._unknown.discard(k)
         if failure is not None:
             raise failure
 
@@ -411,7 +522,7 @@ class Effects:
 
     def _record_done(self, done: list[tuple[str, str]], now: int) -> None:
         """DONE for each key, in transactions of at most 100 actions and ~3.5 MB."""
-        batch: list[dict[str, Any]] = []
+        batch: list[tuple[str, dict[str, Any]]] = []
         size = 0
         for k, rj in [*done, ("", "")]:
             item_size = codec.size_of(rj) + len(k) + 200
@@ -421,21 +532,31 @@ class Effects:
                 batch, size = [], 0
                 if k == "":
                     break
-            batch.append({"Update": {"TableName": self.store.table_name,
-                                     **_done_update(self.lease, k, rj, now, self.lease.owner)}})
+            batch.append((k, {"Update": {"TableName": self.store.table_name,
+                                         **_done_update(self.lease, k, rj, now,
+                                                        self.lease.owner)}}))
             size += item_size
 
-    def _transact_done(self, actions: list[dict[str, Any]]) -> None:
+    def _transact_done(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         try:
-            self.store.call("transact_write_items", TransactItems=actions)
+            self.store.call("transact_write_items", TransactItems=[a for _, a in batch],
+                            ClientRequestToken=uuid.uuid4().hex)
         except ClientError as exc:
             if error_code(exc) != TRANSACTION_CANCELLED:
                 raise
+            if self._all_done_by_me([k for k, _ in batch]):
+                return  # applied before; this is a resend after a lost answer
             raise LeaseLost(
                 f"effects of job {self.lease.job_id!r} changed hands during a batch; "
                 "their results were not recorded. Stop work and return.",
                 job_id=self.lease.job_id,
             ) from None
+
+    def _all_done_by_me(self, keys: list[str]) -> bool:
+        items = self.store.batch_get_raw([_key(self.lease.job_id, k) for k in keys])
+        return len(items) == len(keys) and all(
+            i.get("state", {}).get("S") == DONE
+            and i.get("owner", {}).get("S") == self.lease.owner for i in items)
 
 
 # -- operator actions (CLI: `jobstate effect ...`) ---------------------------------------------
@@ -456,7 +577,7 @@ def list_effects(store: JobStore, job_id: str, *, secrets: bool = False) -> list
             "runs": int(item.get("runs", {}).get("N", "1")),
             "last_error": item.get("last_error", {}).get("S"),
             "result": (decode_result(store, item, job_id) if secrets
-                       else codec.REDACTED if has_result else None),
+                       else redact.REDACTED if has_result else None),
         })
     return out
 

@@ -65,6 +65,19 @@ class EffectOutcomeUnknown(JobStateError):
         self.key = key
 
 
+class EffectResultNotStored(JobStateError):
+    """An effect's call returned, but its result could not be stored (encoded, encrypted).
+
+    The effect happened: its record stays STARTED (never DONE with a wrong result), and the
+    step's retry follows the effect's semantics — `reconcile`, a park for an operator
+    (at-most-once), or a new call (at-least-once).
+    """
+
+    def __init__(self, message: str, *, job_id: str, key: str) -> None:
+        super().__init__(message, job_id=job_id, key=key)
+        self.key = key
+
+
 class EffectNotDone(Exception):
     """Raised by an effect's `fn` to say the call certainly did not happen.
 
@@ -88,6 +101,11 @@ class InvalidStepResult(JobStateError, TypeError):
 
 class TableNotFound(StoreUnavailable):
     """The jobs table does not exist at that endpoint/region."""
+
+
+class TokensUnwritable(JobStateError):
+    """The configured cipher could not encrypt the tokens (KMS denied or unavailable, say);
+    nothing was written. The step's attempt fails and is retried like any other."""
 
 
 class TokensUnreadable(JobStateError):

@@ -37,6 +37,7 @@ from .dynamo import (
 from .errors import InvalidInput, JobCancelled, JobConflict, JobNotFound
 from .protocol import Lease, State
 from .records import JobView, Progress
+from .signals import Suspend
 from .status import JobStatus
 from .store import JobStore, Limits, _job_key, routing
 
@@ -110,7 +111,6 @@ def spawn(
     on_child_failure: str,
 ) -> None:
     from .app import step_event
-    from .context import Suspend
 
     store, lease = ctx.store, ctx.lease
     codec.validate_job_type(job_type)
@@ -279,7 +279,7 @@ def commit_spawn(store: JobStore, lease: Lease, state: State,
         .set("attempt", 0)
         .set("due_at", now + store.dispatch_timeout_ms)
         .set("dk", schema.due_hash(lease.job_id))
-        .remove("lease_owner", "lease_expires_at")
+        .remove("lease_owner", "lease_expires_at", "error", "error_type")
         .add("pending", spawned.count)
         .add("run_ms", max(0, now - lease.claimed_at))
     )

@@ -27,6 +27,7 @@ from .dynamo import (
     old_item,
 )
 from .errors import (
+    InvalidEvent,
     JobCancelled,
     JobNotFound,
     LeaseLost,
@@ -83,11 +84,13 @@ def claim(
     request_id: str,
     lease_until_ms: int,
     waiting_children_ok: bool = False,
+    job_type: str | None = None,
 ) -> ClaimResult:
     """Try to take step `step` of the job. One conditional write; no reads.
 
     A job waiting for children is not claimable, except by the sweeper's runaway guard
-    (`waiting_children_ok`), which fails a parent past its deadline.
+    (`waiting_children_ok`), which fails a parent past its deadline. With `job_type`, a
+    job of another type is not claimed (the event that named it is refused).
     """
     now = store.clock.now_ms()
     owner = new_owner(request_id)
@@ -100,7 +103,7 @@ def claim(
         .set("due_at", lease_until_ms)  # if this invocation dies, the sweeper finds the job
         .set("dk", schema.due_hash(job_id))
         .set("updated_at", now)
-        .remove("not_before", "wait_reason")
+        .remove("not_before", "wait_reason", "redispatches")  # it arrived: no backoff
         .add("invocations", 1)
         .where("attribute_exists(pk)")
         .where("#step = :n")
@@ -111,6 +114,9 @@ def claim(
     if not waiting_children_ok:
         upd.where("attribute_not_exists(pending) OR pending <= :zero")
         upd.values[":zero"] = av(0)
+    if job_type is not None:
+        upd.where("job_type = :jt")
+        upd.values[":jt"] = av(job_type)
     upd.name("step")
     upd.values.update({
         ":none": av(NO_OWNER), ":n": av(step), ":now": av(now),
@@ -129,7 +135,7 @@ def claim(
             raise
         raw = old_item(exc)
         if not _is_mine(raw, owner, step):
-            return _why_not(store, job_id, step, raw, now)
+            return _why_not(store, job_id, step, raw, now, job_type)
         # botocore retried a claim whose first attempt was applied (its response was
         # lost): the record already names this invocation, so the claim is ours.
     else:
@@ -180,7 +186,8 @@ def _park_unreadable(store: JobStore, raw: dict[str, Any], step: int, owner: str
 
 
 def _why_not(
-    store: JobStore, job_id: str, step: int, raw: dict[str, Any] | None, now: int
+    store: JobStore, job_id: str, step: int, raw: dict[str, Any] | None, now: int,
+    job_type: str | None = None,
 ) -> ClaimResult:
     if raw is None or store._expired(raw):
         raise JobNotFound(
@@ -189,6 +196,11 @@ def _why_not(
             job_id=job_id,
         )
     job = store.view(raw, secrets=False)
+    if job_type is not None and job.job_type != job_type:
+        raise InvalidEvent(
+            f"the event names job type {job_type!r}, but job {job_id!r} is of type "
+            f"{job.job_type!r}; nothing was run or written. Send step events as jobstate "
+            "builds them (jobstate.step_event), or leave job_type out.", job_id=job_id)
     if job.status.terminal:
         return ClaimResult(ClaimOutcome.FINISHED, None, job, f"job is {job.status.value}")
     if job.step > step:
@@ -333,10 +345,13 @@ def commit(
     *,
     wait_until_ms: int | None = None,
     wait_reason: str | None = None,
+    hop: int | None = None,
 ) -> int:
     """End step N and make step N+1 due (fenced). Returns the next step number.
 
     With `wait_until_ms` the job goes WAITING and step N+1 may not be claimed before then.
+    `hop` is the invocation of its chain the continuation will be (see the sweeper's
+    `chain_cut` warning).
     """
     now = store.clock.now_ms()
     nxt = lease.step + 1
@@ -351,7 +366,8 @@ def commit(
         .set("attempt", 0)
         .set("due_at", due)
         .set("dk", schema.due_hash(lease.job_id))
-        .remove("lease_owner", "lease_expires_at")
+        # The step is done: an earlier attempt's error is history now (its history item).
+        .remove("lease_owner", "lease_expires_at", "error", "error_type")
         .add("run_ms", max(0, now - lease.claimed_at))
     )
     if lease.takeover:
@@ -360,6 +376,8 @@ def commit(
     if wait_until_ms is not None:
         upd.set("status", JobStatus.WAITING.value).set("not_before", wait_until_ms)
         upd.set("wait_reason", wait_reason or "sleep")
+    elif hop is not None:
+        upd.set("hop", hop)
     _update(store, lease, upd, "commit",
             applied=lambda raw: raw.get("step", {}).get("N") == str(nxt))
     if lease.job.history_on:
@@ -415,6 +433,8 @@ def finish(
     if error is not None:
         upd.set("error", error[:4000])
         upd.set("error_type", error_type or "Error")
+    elif status == JobStatus.SUCCEEDED:
+        upd.remove("error", "error_type")  # an earlier failed attempt's, not the outcome
     if attempt is not None:
         upd.set("attempt", attempt)
     if not extra_actions:
@@ -515,6 +535,25 @@ def fail_attempt(
     transact(store, lease, [action, {"Put": {"TableName": store.table_name, "Item": hist}}],
              "failure record")
     return status
+
+
+def defer(store: JobStore, lease: Lease, until_ms: int, reason: str) -> None:
+    """End the step without committing it or counting an attempt (fenced): the same step
+    may be claimed again at `until_ms`, and is due for the sweeper then."""
+    now = store.clock.now_ms()
+    upd = (
+        _fenced(lease, now)
+        .set("not_before", until_ms)
+        .set("wait_reason", "deferred")
+        .set("due_at", until_ms)
+        .set("dk", schema.due_hash(lease.job_id))
+        .remove("lease_owner", "lease_expires_at")
+    )
+    hist = _history_put(store, lease, "deferred", now, detail=reason)
+    action = {"Update": {"TableName": store.table_name, "Key": _job_key(lease.job_id),
+                         **upd.kwargs(), "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+    transact(store, lease, [action, {"Put": {"TableName": store.table_name, "Item": hist}}],
+             "deferral")
 
 
 def release_cancelled(store: JobStore, lease: Lease) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec
+from . import redact
 from .status import JobStatus
 
 
@@ -91,7 +91,7 @@ class JobView:
             "step": self.step,
             "input": self.input,
             "cursor": self.cursor,
-            "tokens": self.tokens if reveal_tokens else codec.redact(self.tokens),
+            "tokens": self.tokens if reveal_tokens else redact.redact(self.tokens),
             "progress": self.progress.to_dict(),
             "result": self.result,
             "error": self.error,
@@ -121,7 +121,7 @@ class JobView:
         return (
             f"JobView(job_id={self.job_id!r}, job_type={self.job_type!r}, "
             f"status={self.status.value}, step={self.step}, cursor={self.cursor!r}, "
-            f"tokens={codec.redact(self.tokens)!r}, progress={self.progress!r}, "
+            f"tokens={redact.redact(self.tokens)!r}, progress={self.progress!r}, "
             f"error={self.error!r})"
         )
 

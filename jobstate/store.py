@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from . import codec, schema
+from . import codec, redact, schema
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import Cipher
 from .dynamo import (
@@ -44,6 +44,7 @@ from .errors import (
     StoreUnavailable,
     TableNotFound,
     TokensUnreadable,
+    TokensUnwritable,
 )
 from .records import HistoryEntry, JobView, Page, Progress
 from .status import RUNNABLE, JobStatus
@@ -261,7 +262,14 @@ class JobStore:
     def encode_tokens(self, tokens: dict[str, Any]) -> str:
         text = codec.dumps(tokens, "tokens")
         if self.cipher is not None and tokens:
-            return ENCRYPTED_PREFIX + self.cipher.encrypt(text)
+            try:
+                return ENCRYPTED_PREFIX + self.cipher.encrypt(text)
+            except Exception as exc:
+                # Its text may quote what it was given: only its type is kept.
+                raise TokensUnwritable(
+                    f"the cipher could not encrypt the tokens ({type(exc).__name__}); "
+                    "nothing was written. Check the key and the role's permission to use "
+                    "it (e.g. kms:Encrypt / kms:GenerateDataKey).") from None
         return text
 
     def _decrypt(self, text: str, *, what: str, job_id: str | None = None) -> str:
@@ -297,9 +305,9 @@ class JobStore:
         if secrets:
             tokens = self.decode_tokens(m.tokens, job_id=m.job_id)
         elif m.tokens and m.tokens.startswith(ENCRYPTED_PREFIX):
-            tokens = {"encrypted": codec.REDACTED}
+            tokens = {"encrypted": redact.REDACTED}
         else:
-            tokens = codec.redact(codec.loads(m.tokens, {}) or {})
+            tokens = redact.redact(codec.loads(m.tokens, {}) or {})
 
         def n(x: Any) -> int | None:
             return None if x is None else int(x)

@@ -24,7 +24,6 @@ from . import faults, observe, protocol, schema
 from .continuation import Continuation
 from .dynamo import CONDITION_FAILED, av, error_code
 from .errors import DispatchFailed, InvalidInput, JobNotFound, LeaseLost
-from .protocol import State
 from .status import JobStatus
 from .store import JobStore, _ancestors, _job_key
 
@@ -33,6 +32,8 @@ CHILD_RECHECK_MS = 15 * 60 * 1000
 # sweep's budget; resuming the type makes its jobs due at once (`JobStore.set_paused`).
 PAUSED_RECHECK_MS = 5 * 60 * 1000
 RECURSION_HOPS = 16
+# A step sent again and again without being claimed is sent at most this far apart.
+MAX_REDISPATCH_BACKOFF_MS = 60 * 60 * 1000
 
 
 @dataclass
@@ -145,19 +146,27 @@ def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], n
         kind = "not_started"
     else:
         kind = "lost_continuations"
-    if not _bump(store, job_id, step, due_at, now + store.dispatch_timeout_ms):
+    taken = _take(store, job_id, step, due_at, now)
+    if taken is None:
         report.raced += 1
         return
-    if kind == "lost_continuations" and step >= RECURSION_HOPS:
+    redispatches, hop = taken
+    if kind == "lost_continuations" and redispatches == 1 and hop > RECURSION_HOPS:
+        # The continuation that never arrived was the (RECURSION_HOPS + 1)-th invocation of
+        # one chain: what Lambda's loop detection drops. A backlog (a step sent again and
+        # again) or a lost event at a lower hop is something else, and is not blamed on it.
         observe.event(
             "chain_cut", logging.WARNING, job_id=job_id, job_type=job_type, step=step,
-            detail=("a committed step was never claimed. If this keeps happening near every "
-                    f"{RECURSION_HOPS} steps, Lambda's recursive loop detection is dropping "
-                    "the chain: set RecursiveLoop: Allow on the function (the template does)."),
+            detail=(f"step {step} was sent as invocation {hop} of one chain and never "
+                    "claimed: Lambda's recursive loop detection drops a chain's invocations "
+                    f"after {RECURSION_HOPS}. Set RecursiveLoop: Allow on the function (the "
+                    "template does); the sweeper re-sends the step meanwhile."),
         )
     extra = {"parent_type": ancestors[-1], "ancestors": list(ancestors)} if ancestors else {}
     try:
-        continuation.dispatch(step_event(job_id, step, job_type, **extra), context=context)
+        # The sweeper's invocation starts a new chain: the event is its first hop.
+        continuation.dispatch(step_event(job_id, step, job_type, hop=1, **extra),
+                              context=context)
     except DispatchFailed as exc:
         report.dispatch_errors += 1
         if report.first_dispatch_error is None:
@@ -169,16 +178,52 @@ def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], n
     report.dispatched += 1
 
 
-def _bump(store: JobStore, job_id: str, step: int, old_due: int, new_due: int) -> bool:
+def _take(store: JobStore, job_id: str, step: int, old_due: int,
+          now: int) -> tuple[int, int] | None:
+    """Take a due step for re-dispatch (conditional: one sweeper of several wins), and make
+    it due again after the dispatch timeout, doubled for each time this step was sent
+    again and not claimed (a backlog slower than the timeout is not flooded with copies).
+
+    Returns (re-dispatches of this step so far, the hop its lost event was sent at), or
+    None if another sweeper or the job itself moved first. A claim resets the count.
+    """
+    try:
+        resp = store.call(
+            "update_item", Key=_job_key(job_id),
+            UpdateExpression="SET due_at = :new ADD sweeps :one, redispatches :one",
+            ConditionExpression="#step = :n AND due_at = :old",
+            ExpressionAttributeNames={"#step": "step"},
+            ExpressionAttributeValues={":new": av(now + store.dispatch_timeout_ms),
+                                       ":n": av(step), ":old": av(old_due), ":one": av(1)},
+            ReturnValues="ALL_NEW",
+        )
+    except ClientError as exc:
+        if error_code(exc) != CONDITION_FAILED:
+            raise
+        return None
+    item = resp.get("Attributes", {})
+    count = int(item.get("redispatches", {}).get("N", "1"))
+    hop = int(item.get("hop", {}).get("N", "0"))
+    if count > 1:
+        backoff = min(store.dispatch_timeout_ms * 2 ** (count - 1), MAX_REDISPATCH_BACKOFF_MS)
+        # Best effort: if the job moved meanwhile, its own write says when it is due.
+        _bump(store, job_id, step, now + store.dispatch_timeout_ms, now + backoff,
+              count=False)
+    return count, hop
+
+
+def _bump(store: JobStore, job_id: str, step: int, old_due: int, new_due: int, *,
+          count: bool = True) -> bool:
     """Move due_at forward iff nobody else changed the job since we read the index."""
     try:
         store.call(
             "update_item", Key=_job_key(job_id),
-            UpdateExpression="SET due_at = :new ADD sweeps :one",
+            UpdateExpression="SET due_at = :new" + (" ADD sweeps :one" if count else ""),
             ConditionExpression="#step = :n AND due_at = :old",
             ExpressionAttributeNames={"#step": "step"},
             ExpressionAttributeValues={":new": av(new_due), ":n": av(step),
-                                       ":old": av(old_due), ":one": av(1)},
+                                       ":old": av(old_due),
+                                       **({":one": av(1)} if count else {})},
         )
         return True
     except ClientError as exc:
@@ -229,9 +274,8 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
         with contextlib.suppress(JobNotFound, JobFinished):
             cancel_tree(store, cid, f"parent {job_id} failed: {reason}")
     faults.point("sweeper_children_cancelled", job_id=job_id, step=step)
-    state = State.encode(store, job.cursor, job.tokens, job.progress.to_dict())
     try:
-        protocol.finish(store, lease, state, JobStatus.FAILED, error=reason,
+        protocol.finish(store, lease, None, JobStatus.FAILED, error=reason,
                         error_type="RunawayGuard",
                         extra_actions=join_actions(store, lease, "FAILED", None, reason))
     except (LeaseLost, JobNotFound):

@@ -16,6 +16,7 @@ from conftest import ClientFault, RequestLog, drain
 
 import jobstate
 from jobstate import JobStatus, Semantics, faults
+from jobstate.effects import PERSIST_ATTEMPTS
 from jobstate.testing import Crash, Driver, FakeLambdaContext
 
 pytestmark = pytest.mark.integration
@@ -245,16 +246,19 @@ def test_oversize_effect_result_is_a_clear_error(app, cont, store, clock):
             ctx.once("report", big)
         except jobstate.StateTooLarge as exc:
             errors.append(str(exc))
-        # The effect happened: it is recorded so it is not redone.
-        assert ctx.once("report", big) is None
-        return ctx.complete()
+        # The effect happened but its result is not stored: never DONE with a wrong
+        # (None) result; at-most-once will not run it again, so the job parks.
+        return ctx.complete(ctx.once("report", big))
 
     jid = app.start("big", None, job_id="big")
     drain(app, cont, FakeLambdaContext(clock))
-    assert store.get(jid).status is JobStatus.SUCCEEDED
+    job = store.get(jid)
+    assert job.status is JobStatus.FAILED and job.error_type == "EffectOutcomeUnknown"
+    assert "result could not be stored (StateTooLarge)" in (job.error or "")
     assert calls == [1]
     assert len(errors) == 1
     assert "'report'" in errors[0] and "bytes" in errors[0] and "400 KB" in errors[0]
+    assert [e["state"] for e in jobstate.list_effects(store, jid)] == ["STARTED"]
 
 
 def _flaky_job(app: jobstate.App, name: str, fn: Any, **once: Any) -> None:
@@ -715,7 +719,7 @@ def _is_done_write(name: str, kw: dict[str, Any]) -> bool:
 
 
 def test_at_most_once_fn_is_not_rerun_in_the_same_step_when_its_done_write_failed(
-        app, cont, store):
+        app, cont, store, clock):
     charges: list[int] = []
 
     @app.job("pay", max_attempts=1)
@@ -729,10 +733,11 @@ def test_at_most_once_fn_is_not_rerun_in_the_same_step_when_its_done_write_faile
         return ctx.complete(len(charges))
 
     app.start("pay", None, job_id="pay-1")
-    with ClientFault(store, _is_done_write,
+    # Throttled for longer than the DONE write is retried through (a real outage).
+    with ClientFault(store, _is_done_write, times=100,
                      error={"Error": {"Code": "ThrottlingException"}}) as f:
-        drain(app, cont)
-    assert f.fired == 1
+        drain(app, cont, FakeLambdaContext(clock))
+    assert f.fired == PERSIST_ATTEMPTS
     assert charges == [1]  # the second `once` parked instead of charging again
     job = store.get("pay-1")
     assert job.status is JobStatus.FAILED and job.error_type == "EffectOutcomeUnknown"

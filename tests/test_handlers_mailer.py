@@ -128,7 +128,7 @@ def test_unknown_outcome_parks_one_chain_and_an_operator_settles_it(
     [chain_id] = killed
     chain = jobstate_store.get(chain_id)
     assert chain.status is jobstate.JobStatus.FAILED
-    assert "the invocation that started it died" in (chain.error or "")
+    assert "ended without recording an outcome" in (chain.error or "")
     summary = jobstate_store.get(job_id).result
     assert [c["job_id"] for c in summary["failed_chains"]] == [chain_id]
     assert summary["sent"] == 100  # the other chain finished

@@ -212,6 +212,12 @@ class JobMachine(RuleBasedStateMachine):
         expires = int(raw.get("lease_expires_at", {}).get("N", "0"))
         now = self.clock.now_ms()
         held = self.leases.setdefault(job_id, [])
+        for mine in held:
+            if mine.ctl is ctl:
+                # The same invocation claims again (a retry or a deferral served in
+                # process): its earlier lease was given back by a fenced write, or this
+                # claim could not have succeeded.
+                mine.released = True
         if self.check_leases:
             for other in held:
                 # Live by the store's own expiry, or (ground truth) because its holder is

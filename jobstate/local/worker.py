@@ -186,6 +186,8 @@ class Worker:
             app.store.dispatch_timeout_ms = int(over["dispatch_timeout_s"] * 1000)
         if over.get("lease_grace_s") is not None:
             app.lease_grace_ms = int(over["lease_grace_s"] * 1000)
+        if over.get("reconcile_guard_s") is not None:
+            app.reconcile_guard_ms = int(over["reconcile_guard_s"] * 1000)
         app.continuation = LambdaContinuation(self.config["function_name"], client=self,
                                               attempts=5, max_wait_s=1.0)
         app.hooks.append(self.outcome)
