@@ -12,6 +12,7 @@ from .context import Completed, Failed, PollTimedOut, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
 from .effects import list_effects, mark_effect
 from .errors import (
+    ConfigurationError,
     DispatchFailed,
     EffectNotDone,
     EffectOutcomeUnknown,
@@ -49,6 +50,7 @@ __all__ = [
     "ClaimOutcome",
     "Clock",
     "Completed",
+    "ConfigurationError",
     "Continuation",
     "DispatchFailed",
     "EffectNotDone",

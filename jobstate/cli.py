@@ -38,7 +38,7 @@ try:
 except ImportError as exc:  # the core install: `pip install 'jobstate[cli]'`
     raise extras.missing("cli", "the jobstate command line", exc) from None
 
-from . import __version__
+from . import __version__, config
 from .app import step_event
 from .codec import validate_job_type
 from .effects import list_effects, mark_effect
@@ -206,8 +206,8 @@ def continuation(function_name: str, endpoint_url: str | None) -> Any:
     if endpoint_url:
         import boto3
 
-        client = boto3.client("lambda", endpoint_url=endpoint_url,
-                              region_name=settings().region)
+        region = config.resolve_region(settings().region, endpoint=endpoint_url)
+        client = boto3.client("lambda", endpoint_url=endpoint_url, region_name=region.name)
     return LambdaContinuation(function_name, client=client)
 
 

@@ -26,6 +26,11 @@ class UnknownJobType(InvalidInput):
     """No `@app.job(...)` is registered under that name."""
 
 
+class ConfigurationError(InvalidInput):
+    """An AWS setting (region, profile, endpoint URL) is missing or wrong: fix the one the
+    message names. Raised before any request is sent, so nothing was written."""
+
+
 class MissingExtra(JobStateError, ImportError):
     """A feature needs an optional dependency group that is not installed; the message
     names the `pip install` to run (e.g. `pip install 'jobstate[cli]'`)."""
