@@ -38,7 +38,7 @@ try:
 except ImportError as exc:  # the core install: `pip install 'jobstate[cli]'`
     raise extras.missing("cli", "the jobstate command line", exc) from None
 
-from . import __version__, config
+from . import __version__, config, tabledef
 from .app import step_event
 from .codec import validate_job_type
 from .effects import list_effects, mark_effect
@@ -655,6 +655,20 @@ def create_table(as_json: bool) -> None:
         emit({"table": store.table_name, "created": created})
     else:
         out.print(f"{'created' if created else 'table already exists:'} {store.table_name}")
+
+
+@cli.command("table-definition")
+@connection
+@click.option("--format", "fmt", type=click.Choice(tabledef.FORMATS), default="sam",
+              show_default=True, help="SAM/CloudFormation YAML, CDK (Python), Terraform, or "
+                                      "the neutral JSON they are rendered from.")
+def table_definition(fmt: str) -> None:
+    """Print the job table as infrastructure code, to add it to an existing stack.
+
+    Rendered from the schema `create-table` uses; Terraform takes its name from --table.
+    """
+    name = settings().table or os.environ.get("JOBSTATE_TABLE") or "jobstate"
+    click.echo(tabledef.render(fmt, table_name=name), nl=False)
 
 
 # -- helpers -------------------------------------------------------------------------------------
