@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobstate import tabledef  # noqa: E402
+from jobstate import tabledef
 
 SCHEMA_KEYS = ("BillingMode", "AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes",
                "TimeToLiveSpecification")
