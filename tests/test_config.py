@@ -73,9 +73,12 @@ def test_a_local_endpoint_needs_no_region(bare_aws: Path) -> None:
 
 
 def test_an_injected_client_brings_its_region(bare_aws: Path) -> None:
-    from jobstate.testing import dynamodb_client
+    from botocore.session import get_session
 
-    store = jobstate.JobStore("t", client=dynamodb_client(region="sa-east-1"))
+    # (not jobstate.testing.dynamodb_client: its session is shared by the whole run, and
+    # one made before moto is imported would not be intercepted by moto)
+    client = get_session().create_client("dynamodb", "sa-east-1")
+    store = jobstate.JobStore("t", client=client)
     assert store.region == "sa-east-1"
 
 
