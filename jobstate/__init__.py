@@ -12,6 +12,7 @@ from .context import Completed, Failed, PollTimedOut, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
 from .effects import list_effects, mark_effect
 from .errors import (
+    ConfigurationError,
     DispatchFailed,
     EffectNotDone,
     EffectOutcomeUnknown,
@@ -25,6 +26,7 @@ from .errors import (
     JobNotFound,
     JobStateError,
     LeaseLost,
+    MissingExtra,
     StateNotSerializable,
     StateTooLarge,
     StoreUnavailable,
@@ -50,6 +52,7 @@ __all__ = [
     "ClaimOutcome",
     "Clock",
     "Completed",
+    "ConfigurationError",
     "Continuation",
     "DispatchFailed",
     "EffectNotDone",
@@ -74,6 +77,7 @@ __all__ = [
     "LeaseLost",
     "Limits",
     "ManualClock",
+    "MissingExtra",
     "Page",
     "PollTimedOut",
     "Progress",

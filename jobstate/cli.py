@@ -18,22 +18,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
-import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+from . import extras
 
-from . import __version__
+try:
+    import click
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+    from rich.text import Text
+except ImportError as exc:  # the core install: `pip install 'jobstate[cli]'`
+    raise extras.missing("cli", "the jobstate command line", exc) from None
+
+from . import __version__, config, tabledef
 from .app import step_event
 from .codec import validate_job_type
 from .effects import list_effects, mark_effect
@@ -201,8 +206,8 @@ def continuation(function_name: str, endpoint_url: str | None) -> Any:
     if endpoint_url:
         import boto3
 
-        client = boto3.client("lambda", endpoint_url=endpoint_url,
-                              region_name=settings().region)
+        region = config.resolve_region(settings().region, endpoint=endpoint_url)
+        client = boto3.client("lambda", endpoint_url=endpoint_url, region_name=region.name)
     return LambdaContinuation(function_name, client=client)
 
 
@@ -650,6 +655,20 @@ def create_table(as_json: bool) -> None:
         emit({"table": store.table_name, "created": created})
     else:
         out.print(f"{'created' if created else 'table already exists:'} {store.table_name}")
+
+
+@cli.command("table-definition")
+@connection
+@click.option("--format", "fmt", type=click.Choice(tabledef.FORMATS), default="sam",
+              show_default=True, help="SAM/CloudFormation YAML, CDK (Python), Terraform, or "
+                                      "the neutral JSON they are rendered from.")
+def table_definition(fmt: str) -> None:
+    """Print the job table as infrastructure code, to add it to an existing stack.
+
+    Rendered from the schema `create-table` uses; Terraform takes its name from --table.
+    """
+    name = settings().table or os.environ.get("JOBSTATE_TABLE") or "jobstate"
+    click.echo(tabledef.render(fmt, table_name=name), nl=False)
 
 
 # -- helpers -------------------------------------------------------------------------------------

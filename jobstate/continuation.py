@@ -19,6 +19,7 @@ from tenacity import (
     wait_random,
 )
 
+from . import config
 from .errors import DispatchFailed, InvalidInput
 
 RETRYABLE_INVOKE_CODES = frozenset({
@@ -84,7 +85,8 @@ class LambdaContinuation:
             if self._client is None:
                 import boto3  # lazily: nothing connects at import time
 
-                self._client = boto3.client("lambda")
+                region = config.resolve_region(None, endpoint=None)  # or a clear error
+                self._client = boto3.client("lambda", region_name=region.name)
             return self._client
 
     def target(self, event: dict[str, Any], context: Any) -> str:

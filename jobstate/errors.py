@@ -26,6 +26,21 @@ class UnknownJobType(InvalidInput):
     """No `@app.job(...)` is registered under that name."""
 
 
+class ConfigurationError(InvalidInput):
+    """An AWS setting (region, profile, endpoint URL) is missing or wrong: fix the one the
+    message names. Raised before any request is sent, so nothing was written."""
+
+
+class MissingExtra(JobStateError, ImportError):
+    """A feature needs an optional dependency group that is not installed; the message
+    names the `pip install` to run (e.g. `pip install 'jobstate[cli]'`)."""
+
+    def __init__(self, message: str, *, extra: str, module: str | None) -> None:
+        super().__init__(message, extra=extra)
+        self.extra = extra
+        self.name = module  # ImportError's field: the module that was missing
+
+
 class StateNotSerializable(JobStateError, TypeError):
     """Cursor, tokens, progress or a result cannot be stored as JSON; nothing was written."""
 

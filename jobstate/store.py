@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from . import codec, redact, schema
+from . import codec, config, redact, schema
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import Cipher
 from .dynamo import (
@@ -119,13 +119,10 @@ class JobStore:
         pause_cache_s: float = 10.0,
     ) -> None:
         self.table_name = table_name or os.environ.get("JOBSTATE_TABLE") or DEFAULT_TABLE
-        self.endpoint_url = endpoint_url or os.environ.get("JOBSTATE_ENDPOINT_URL") or None
-        self.region = (
-            region
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or "us-east-1"
-        )
+        self.endpoint_url = config.endpoint_url(endpoint_url)
+        # From the argument or environment now; from the AWS config files (or an error
+        # naming the setting) when the first request needs it. See config.py.
+        self._region = config.given_region(region, client)
         if retention_days is None:
             retention_days = float(os.environ.get("JOBSTATE_RETENTION_DAYS", "30"))
         if retention_days <= 0:
@@ -135,7 +132,8 @@ class JobStore:
         self.pause_cache_ms = int(pause_cache_s * 1000)
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.cipher = cipher
-        self.models = schema.build_models(self.table_name, self.endpoint_url, self.region)
+        self.models = schema.build_models(self.table_name, self.endpoint_url,
+                                          self._region.name if self._region else "")
         self._client = client
         self._pause_cache: dict[str, tuple[int, bool]] = {}
         self._lock = threading.Lock()
@@ -146,17 +144,35 @@ class JobStore:
     # -- connection -------------------------------------------------------------------
 
     @property
+    def region(self) -> str:
+        """The AWS region requests go to (ConfigurationError if nothing configures one)."""
+        if self._region is None:
+            self._region = config.resolve_region(None, endpoint=self.endpoint_url)
+        return self._region.name
+
+    def _where(self) -> str:
+        return self.endpoint_url or f"AWS {self._region.name if self._region else '(no region)'}"
+
+    @property
     def client(self) -> Any:
         """The botocore DynamoDB client every request of this store goes through."""
         with self._lock:
-            conn = self.models.job._get_connection().connection
-            if self._client is None:
-                self._client = conn.client  # created lazily, never at import time
+            if self._client is None:  # created lazily, never at import time
+                region = self.region
+                for model in self._all_models():  # before PynamoDB makes its connection
+                    model.Meta.region = region
+                try:
+                    self._client = self.models.job._get_connection().connection.client
+                except BotoCoreError as exc:  # a missing profile, a malformed region
+                    raise self._unreachable(exc) from exc
             # Share one client between PynamoDB models and raw calls.
-            for model in (self.models.job, self.models.history, self.models.effect,
-                          self.models.child, self.models.control):
+            for model in self._all_models():
                 model._get_connection().connection._client = self._client
             return self._client
+
+    def _all_models(self) -> tuple[Any, ...]:
+        m = self.models
+        return (m.job, m.history, m.effect, m.child, m.control)
 
     def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """One DynamoDB request. Conditional failures are re-raised as ClientError."""
@@ -188,8 +204,11 @@ class JobStore:
             except BotoCoreError as exc:
                 raise self._unreachable(exc) from exc
 
-    def _unreachable(self, exc: BotoCoreError) -> StoreUnavailable:
-        where = self.endpoint_url or "AWS " + self.region
+    def _unreachable(self, exc: BotoCoreError) -> JobStateError:
+        misconfigured = config.explain(exc, self._region, self.endpoint_url)
+        if misconfigured is not None:
+            return misconfigured
+        where = self._where()
         if isinstance(exc, NoCredentialsError):
             return StoreUnavailable(
                 f"no AWS credentials found for DynamoDB at {where}: configure them (env "
@@ -207,7 +226,7 @@ class JobStore:
         if code == NOT_FOUND:
             raise TableNotFound(
                 f"table {self.table_name!r} does not exist at "
-                f"{self.endpoint_url or 'AWS ' + self.region}; create it with "
+                f"{self._where()}; create it with "
                 "`jobstate create-table` (or store.create_table()), or set JOBSTATE_TABLE."
             ) from exc
         if is_transient(exc):

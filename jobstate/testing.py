@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import faults
+from . import extras, faults
 from .app import App, step_event
 from .clock import ManualClock
 from .continuation import InMemoryContinuation
+from .errors import MissingExtra
 from .status import JobStatus
 from .store import JobStore
 from .sweeper import sweep
@@ -219,7 +220,13 @@ if pytest is not None:
     @pytest.fixture
     def jobstate_store(jobstate_clock: ManualClock) -> Iterator[JobStore]:
         """A JobStore on moto in-process, with a fresh table."""
-        from moto import mock_aws
+        try:
+            from moto import mock_aws
+        except ImportError as exc:  # a core install with pytest: say which extra
+            error = extras.missing("testing", "the jobstate_store fixture", exc)
+            if not isinstance(error, MissingExtra):
+                raise
+            pytest.fail(str(error), pytrace=False)
 
         env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

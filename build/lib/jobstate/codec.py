@@ -1,0 +1,189 @@
+"""JSON encoding of user state, with the checks that must pass before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInput, StateNotSerializable, StateTooLarge
+
+ITEM_LIMIT_BYTES = 400 * 1024
+"""DynamoDB's hard item size limit, attribute names included."""
+
+STATE_BUDGET_BYTES = 350 * 1024
+"""What user state (cursor + tokens + input + progress + result) may use of one item.
+
+The rest is left for jobstate's own attributes, so a write never fails at DynamoDB.
+"""
+
+REDACTED = "***redacted***"
+
+# \Z, not $: `$` also matches before a trailing newline, which let "id\n" through.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/=+\-]{0,199}\Z")
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")
+
+
+def _check_json(value: Any, path: str, depth: int = 0) -> None:
+    if depth > 32:
+        raise StateNotSerializable(
+            f"{path} is nested more than 32 levels deep; flatten it before storing it."
+        )
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StateNotSerializable(
+                f"{path} is {value!r}; JSON has no NaN or infinity. Store it as a string or None."
+            )
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise StateNotSerializable(
+                    f"{path} has a key of type {type(k).__name__} ({k!r}); JSON object keys "
+                    "must be strings."
+                )
+            _check_json(v, f"{path}[{k!r}]", depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_json(v, f"{path}[{i}]", depth + 1)
+        return
+    raise StateNotSerializable(
+        f"{path} holds a {type(value).__name__}, which is not JSON-serialisable; store "
+        "plain dicts, lists, strings, numbers, booleans or None (e.g. bytes as base64, "
+        "datetimes as ISO strings)."
+    )
+
+
+def dumps(value: Any, what: str) -> str:
+    """Serialise `value` to compact JSON or raise a clear error naming `what`."""
+    _check_json(value, what)
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (e.g. from a mis-decoded byte string): DynamoDB stores UTF-8.
+        raise StateNotSerializable(
+            f"{what} holds a string with a lone surrogate ({text[exc.start]!r}), which is "
+            "not valid Unicode and cannot be stored; fix the decoding that produced it."
+        ) from None
+    return text
+
+
+def loads(text: str | None, default: Any = None) -> Any:
+    if text is None or text == "":
+        return default
+    return json.loads(text)
+
+
+def size_of(*texts: str | None) -> int:
+    return sum(len(t.encode("utf-8")) for t in texts if t)
+
+
+def check_budget(parts: dict[str, str | None], budget: int = STATE_BUDGET_BYTES) -> None:
+    """Raise StateTooLarge if the encoded parts together exceed the item budget."""
+    total = sum(size_of(v) for v in parts.values())
+    if total > budget:
+        biggest = max(parts.items(), key=lambda kv: size_of(kv[1]))
+        raise StateTooLarge(
+            f"job state is {total} bytes, over the {budget}-byte budget of one DynamoDB item "
+            f"(items are limited to {ITEM_LIMIT_BYTES} bytes); the largest part is "
+            f"{biggest[0]} at {size_of(biggest[1])} bytes. Keep cursors and tokens small "
+            "(offsets, ids); put bulk data in S3 and store its key."
+        )
+
+
+def input_hash(input_json: str) -> str:
+    return hashlib.sha256(input_json.encode("utf-8")).hexdigest()[:32]
+
+
+def validate_job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not _ID_RE.match(job_id):
+        shown = repr(job_id)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise InvalidInput(
+            f"invalid job id {shown}: use 1-200 characters from letters, digits and "
+            "._:@/=+- starting with a letter or digit (hash long natural keys, e.g. "
+            "jobstate.stable_id(...))."
+        )
+    return job_id
+
+
+def validate_job_type(job_type: object) -> str:
+    if not isinstance(job_type, str) or not _TYPE_RE.match(job_type):
+        shown = repr(job_type)[:80]
+        raise InvalidInput(
+            f"invalid job type {shown}: use 1-64 characters from letters, digits and ._- "
+            "starting with a letter or digit."
+        )
+    return job_type
+
+
+def stable_id(*parts: object, prefix: str = "") -> str:
+    """A deterministic job id from natural-key parts (e.g. bucket, key, version)."""
+    raw = "\x1f".join(str(p) for p in parts)
+    digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:40]
+    if prefix:
+        validate_job_type(prefix)
+        return f"{prefix}-{digest}"
+    return digest
+
+
+@dataclass(frozen=True)
+class Cipher:
+    """Optional application-level encryption of tokens (on top of DynamoDB's at-rest SSE).
+
+    `encrypt` and `decrypt` map str -> str (e.g. a KMS or Fernet wrapper).
+    """
+
+    encrypt: Callable[[str], str]
+    decrypt: Callable[[str], str]
+
+
+MIN_SCRUB_CHARS = 4  # shorter token values ("1", "ok") would blank ordinary words
+
+
+def _secret_strings(value: Any, out: set[str], depth: int = 0) -> None:
+    if depth > 32:
+        return
+    if isinstance(value, str):
+        if len(value) >= MIN_SCRUB_CHARS:
+            out.add(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _secret_strings(v, out, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _secret_strings(v, out, depth + 1)
+
+
+def scrub(text: str, *secrets: Any) -> str:
+    """`text` with every string value found in `secrets` (tokens) replaced by a marker.
+
+    Error messages are stored on the job and logged; an exception raised by user code
+    can quote a token (a URL with a job id, say), so it is scrubbed first.
+    """
+    found: set[str] = set()
+    for s in secrets:
+        _secret_strings(s, found)
+    for value in sorted(found, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def redact(value: Any) -> Any:
+    """Replace every leaf of a tokens mapping with a marker, keeping its keys visible."""
+    if isinstance(value, dict):
+        return {k: REDACTED for k in value}
+    if value in (None, {}):
+        return value
+    return REDACTED

@@ -1,0 +1,170 @@
+"""Read-side records: what `store.get`, `list` and `history` return."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec
+from .status import JobStatus
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: float = 0
+    total: float | None = None
+    unit: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, max(0.0, self.done / self.total))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "total": self.total, "unit": self.unit}
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as stored. `tokens` is redacted unless you ask the store for secrets."""
+
+    job_id: str
+    job_type: str
+    status: JobStatus
+    step: int
+    input: Any
+    cursor: dict[str, Any]
+    tokens: dict[str, Any]
+    progress: Progress
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    attempt: int = 0
+    max_attempts: int | None = None
+    max_steps: int | None = None
+    deadline_at: int | None = None
+    lease_owner: str | None = None
+    lease_expires_at: int | None = None
+    not_before: int | None = None
+    due_at: int | None = None
+    wait_reason: str | None = None
+    parent_id: str | None = None
+    pending_children: int | None = None
+    children_total: int | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+    invocations: int = 0
+    takeovers: int = 0
+    retries: int = 0
+    run_ms: int = 0
+    expires_at: int | None = None
+    history_on: bool = False
+    child_index: int | None = None
+    release_id: str | None = None
+    parent_type: str | None = None
+    ancestors: tuple[str, ...] = ()  # job types of its parent, grandparent, ... (root first)
+    spawn_step: int | None = None
+    child_type: str | None = None
+    child_policy: str | None = None
+    child_ids: list[str] | None = None
+
+    @property
+    def pause_types(self) -> tuple[str, ...]:
+        """Pausing any of these types pauses this job (its own, and every ancestor's)."""
+        return (*self.ancestors, self.job_type)
+
+    @property
+    def finished(self) -> bool:
+        return self.status.terminal
+
+    def lease_live(self, now_ms: int) -> bool:
+        return bool(self.lease_owner) and (self.lease_expires_at or 0) >= now_ms
+
+    def to_dict(self, *, reveal_tokens: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict; tokens are redacted unless `reveal_tokens`."""
+        return {
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "status": self.status.value,
+            "step": self.step,
+            "input": self.input,
+            "cursor": self.cursor,
+            "tokens": self.tokens if reveal_tokens else codec.redact(self.tokens),
+            "progress": self.progress.to_dict(),
+            "result": self.result,
+            "error": self.error,
+            "error_type": self.error_type,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "max_steps": self.max_steps,
+            "deadline_at": self.deadline_at,
+            "lease_owner": self.lease_owner,
+            "lease_expires_at": self.lease_expires_at,
+            "not_before": self.not_before,
+            "due_at": self.due_at,
+            "wait_reason": self.wait_reason,
+            "parent_id": self.parent_id,
+            "pending_children": self.pending_children,
+            "children_total": self.children_total,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "invocations": self.invocations,
+            "takeovers": self.takeovers,
+            "retries": self.retries,
+            "run_ms": self.run_ms,
+        }
+
+    def __repr__(self) -> str:
+        # Tokens are secrets: never let a repr (logs, tracebacks, debuggers) print them.
+        return (
+            f"JobView(job_id={self.job_id!r}, job_type={self.job_type!r}, "
+            f"status={self.status.value}, step={self.step}, cursor={self.cursor!r}, "
+            f"tokens={codec.redact(self.tokens)!r}, progress={self.progress!r}, "
+            f"error={self.error!r})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    step: int
+    event: str
+    owner: str | None
+    request_id: str | None
+    started_at: int | None
+    ended_at: int | None
+    duration_ms: int | None
+    attempt: int | None
+    detail: str | None
+    work: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "event": self.event,
+            "owner": self.owner,
+            "request_id": self.request_id,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "attempt": self.attempt,
+            "detail": self.detail,
+            "work": self.work,
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of `store.list`; pass `next_token` back to continue."""
+
+    jobs: list[JobView]
+    next_token: str | None
+
+    def __iter__(self) -> Iterator[JobView]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
