@@ -166,7 +166,9 @@ def test_a_failed_poll_never_puts_the_token_in_the_job_logs_or_the_api(
 ) -> None:
     import logging
 
-    from handlers.status_api import StatusApi
+    from status_requests import OPERATOR_GRANTS, url_event
+
+    from handlers.status_api import Grants, StatusApi
 
     class DropsFirstPoll(etl.FakeEtlApi):
         dropped = False
@@ -188,8 +190,9 @@ def test_a_failed_poll_never_puts_the_token_in_the_job_logs_or_the_api(
         [token] = fake.jobs
         job = jobstate_store.get(job_id)
         assert job.error and "EtlUnavailable" in job.error and "/jobs/..." in job.error
-        body = StatusApi(jobstate_store).handler(
-            {"rawPath": f"/jobs/{job_id}", "requestContext": {"http": {"method": "GET"}}})
+        body = StatusApi(jobstate_store, Grants.parse(OPERATOR_GRANTS)).handler(
+            url_event("GET", f"/jobs/{job_id}"))
+        assert body["statusCode"] == 200
         driver.run_until_done([job_id])
     assert jobstate_store.get(job_id).status is jobstate.JobStatus.SUCCEEDED
     for text in (job.error, body["body"], caplog.text):

@@ -147,6 +147,16 @@ def test_function_url_uses_iam(cfn: dict[str, Any]) -> None:
     assert tc.check_function_url(cfn) == []
 
 
+def test_status_api_grants_come_from_a_parameter_that_refuses_by_default(
+        cfn: dict[str, Any]) -> None:
+    from handlers.status_api import GRANTS_ENV, Grants
+
+    env = tc.props(cfn, "StatusApiFunction")["Environment"]["Variables"]
+    assert env[GRANTS_ENV] == {"Ref": "StatusApiGrants"}
+    default = cfn["Parameters"]["StatusApiGrants"]["Default"]
+    assert Grants.parse(default).grants == ()  # nobody may do anything until granted
+
+
 def test_sweeper_schedule_and_routes(cfn: dict[str, Any]) -> None:
     assert tc.check_sweeper(cfn) == []
 
