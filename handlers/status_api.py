@@ -270,17 +270,17 @@ class StatusApi:
     def route(self, method: str, path: str) -> tuple[Callable[..., dict[str, Any]], str]:
         parts = path.strip("/").split("/")
         if parts[0] != "jobs":
-            raise HttpError(404, f"no route {path!r}; try GET /jobs or GET /jobs/{{id}}")
+            raise HttpError(404, f"no route {path!r:.100}; try GET /jobs or GET /jobs/{{id}}")
         if len(parts) == 1:
             if method != "GET":
-                raise HttpError(405, f"{method} /jobs is not allowed; use GET", allow="GET")
+                raise HttpError(405, f"{method:.20} /jobs is not allowed; use GET", allow="GET")
             return self.list_jobs, ""
         rest = "/".join(parts[1:])
         if method == "POST" and rest.endswith("/cancel") and len(parts) > 2:
             return self.cancel_job, unquote(rest.removesuffix("/cancel"))
         if method == "GET":
             return self.get_job, unquote(rest)
-        raise HttpError(405, f"{method} {path} is not allowed; use GET /jobs/{{id}} or "
+        raise HttpError(405, f"{method:.20} {path:.100} is not allowed; use GET /jobs/{{id}} or "
                              "POST /jobs/{id}/cancel", allow="GET, POST")
 
     def get_job(self, caller: Caller, job_id: str, query: Mapping[str, str],
@@ -303,8 +303,8 @@ class StatusApi:
                   body: Any) -> dict[str, Any]:
         unknown = sorted(set(query) - {"type", "status", "limit", "next_token"})
         if unknown:
-            raise HttpError(400, f"unknown query parameter(s) {unknown}; use type, status, "
-                                 "limit, next_token")
+            raise HttpError(400, f"unknown query parameter(s) {unknown!r:.200}; use type, "
+                                 "status, limit, next_token")
         job_type = query.get("type") or None
         if job_type is not None:
             jobstate.codec.validate_job_type(job_type)
@@ -315,7 +315,8 @@ class StatusApi:
             raise caller.refuse("list", f"jobs of type {job_type!r}" if job_type else "jobs")
         status = query.get("status") or None
         if status is not None and status.upper() not in STATUSES:
-            raise HttpError(400, f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+            raise HttpError(400, f"status must be one of {', '.join(STATUSES)}; got "
+                                 f"{status!r:.40}")
         raw_limit = query.get("limit") or "50"
         try:
             limit = int(raw_limit)
@@ -323,7 +324,7 @@ class StatusApi:
             limit = 0
         if not 1 <= limit <= MAX_LIMIT:
             raise HttpError(400, f"limit must be an integer from 1 to {MAX_LIMIT}; got "
-                                 f"{raw_limit!r}")
+                                 f"{raw_limit!r:.40}")
         page = self.store.list(job_type, status.upper() if status else None,
                                limit=limit, next_token=query.get("next_token") or None)
         # A list stays one query and one batch read: roll-ups are for GET /jobs/{id}.
@@ -417,30 +418,59 @@ def cancel_tree(store: jobstate.JobStore, root: jobstate.JobView, reason: str,
     return count, skipped
 
 
+MAX_BODY_BYTES = 16 * 1024  # a cancel reason is at most 500 characters
+MAX_PATH_CHARS = 1024
+
+
 def parse_request(event: Any) -> tuple[str, str, dict[str, str], Any]:
-    """(method, path, query, JSON body) from a function URL event (payload 2.0)."""
+    """(method, path, query, JSON body) from a function URL event (payload 2.0).
+
+    Whatever the event holds, a request that cannot be served is an HttpError (400) here,
+    before anything is read or written.
+    """
     if not isinstance(event, Mapping):
         raise HttpError(400, "not a function URL request")
-    http = (event.get("requestContext") or {}).get("http") or {}
-    method = str(http.get("method") or "").upper()
-    path = event.get("rawPath") or http.get("path")
-    if not method or not isinstance(path, str):
+    ctx = event.get("requestContext")
+    http = (ctx.get("http") if isinstance(ctx, Mapping) else None) or {}
+    method = http.get("method") if isinstance(http, Mapping) else None
+    path = event.get("rawPath") or (http.get("path") if isinstance(http, Mapping) else None)
+    if not isinstance(method, str) or not method or not isinstance(path, str):
         raise HttpError(400, "not a function URL request (payload format 2.0: rawPath, "
                              "requestContext.http.method)")
-    query = {str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()}
+    if len(path) > MAX_PATH_CHARS:
+        raise HttpError(400, f"the path is longer than {MAX_PATH_CHARS} characters")
+    raw_query = event.get("queryStringParameters") or {}
+    if not isinstance(raw_query, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw_query.items()):
+        raise HttpError(400, "queryStringParameters must map names to strings")
+    query = dict(raw_query)
+    return method.upper(), path, query, _body(event)
+
+
+def _body(event: Mapping[str, Any]) -> Any:
     raw = event.get("body")
-    body: Any = None
-    if raw:
-        if event.get("isBase64Encoded"):
-            try:
-                raw = base64.b64decode(raw).decode("utf-8")
-            except ValueError:
-                raise HttpError(400, "body is not valid base64 UTF-8") from None
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise HttpError(400, "body must be a string (JSON, or base64 with isBase64Encoded)")
+    if len(raw) > 2 * MAX_BODY_BYTES:
+        raise HttpError(400, f"body is larger than {MAX_BODY_BYTES} bytes")
+    if event.get("isBase64Encoded"):
         try:
-            body = json.loads(raw)
-        except ValueError:
-            raise HttpError(400, "body must be JSON") from None
-    return method, path, query, body
+            raw = base64.b64decode(raw, validate=True).decode("utf-8")
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            raise HttpError(400, "body is not valid base64 UTF-8") from None
+    if len(raw.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise HttpError(400, f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise HttpError(400, "body is nested too deeply; send {\"reason\": \"...\"}") from None
+    except ValueError:
+        raise HttpError(400, "body must be JSON, e.g. {\"reason\": \"...\"}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "body must be a JSON object, e.g. {\"reason\": \"...\"}")
+    return body
 
 
 @functools.cache

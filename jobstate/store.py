@@ -412,12 +412,12 @@ class JobStore:
         st = parse_status(status)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be an int from 1 to 1000, got {limit!r}")
-        starts = _decode_token(next_token)
         prefix = ""
         if job_type is not None:
             prefix = job_type + "#"
             if st is not None:
                 prefix += (st.value if st.terminal else ACTIVE) + "#"
+        starts = _decode_token(next_token, prefix)
         heads: list[tuple[str, dict[str, Any]]] = []
         exhausted: dict[str, bool] = {}
         for shard in range(schema.LIST_SHARDS):
@@ -1026,15 +1026,45 @@ def _encode_token(starts: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(starts, sort_keys=True).encode()).decode()
 
 
-def _decode_token(token: str | None) -> dict[str, Any]:
+MAX_TOKEN_CHARS = 8192  # a page's token: at most 8 start keys of ~400 bytes, base64
+
+
+def _decode_token(token: str | None, prefix: str = "") -> dict[str, Any]:
+    """The per-shard start keys of a `list` token, checked to be what `list` writes: a
+    crafted token must be refused here, not reach DynamoDB as an ExclusiveStartKey."""
     if token is None:
         return {}
+    bad = InvalidInput(
+        "next_token is not one this store returned for this listing; pass the "
+        "Page.next_token unchanged, with the same job type and status."
+    )
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise bad
     try:
         value = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-        if not isinstance(value, dict):
-            raise ValueError("not an object")
-        return value
-    except Exception:
-        raise InvalidInput(
-            "next_token is not one this store returned; pass the Page.next_token unchanged."
-        ) from None
+    except Exception:  # not base64, not UTF-8, not JSON, or nested too deeply
+        raise bad from None
+    if not isinstance(value, dict):
+        raise bad
+    shards = {f"L#{s}" for s in range(schema.LIST_SHARDS)}
+    for lk, start in value.items():
+        if lk not in shards:
+            raise bad
+        if start != "done" and not _start_key_ok(start, lk, prefix):
+            raise bad
+    return value
+
+
+def _start_key_ok(start: Any, lk: str, prefix: str) -> bool:
+    """A start key of the by-type index as `list` keeps it: a job item's keys, in this
+    shard, inside the listed type's (and status's) key range."""
+    if not isinstance(start, dict) or set(start) != {"pk", "sk", "lk", "ls"}:
+        return False
+    text = {}
+    for name, attr in start.items():
+        if not (isinstance(attr, dict) and set(attr) == {"S"} and isinstance(attr["S"], str)
+                and 0 < len(attr["S"]) <= 512):
+            return False
+        text[name] = attr["S"]
+    return (text["lk"] == lk and text["sk"] == schema.JOB_SK
+            and text["pk"].startswith(schema.job_pk("")) and text["ls"].startswith(prefix))
