@@ -284,7 +284,8 @@ class App:
         verdict = self._guard(job, lease) or before_step(self.store, lease)
         if verdict is not None:
             # Runaway guard or a failed child: fail the job (joining its parent, if any).
-            state = State.encode(self.store, job.cursor, job.tokens, job.progress.to_dict())
+            state = State.encode(self.store, job.cursor, job.tokens, job.progress.to_dict(),
+                                 job_id=job.job_id)
             try:
                 protocol.finish(self.store, lease, state, JobStatus.FAILED, error=verdict,
                                 error_type=GUARD if verdict.startswith("runaway guard")

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .protocol import Lease
 from .status import NOT_DONE, Semantics
-from .store import JobStore
+from .store import EFFECT_RESULT, JobStore
 
 STARTED = "STARTED"
 DONE = "DONE"
@@ -85,11 +85,13 @@ def _started_item(store: JobStore, lease: Lease, key: str, sem: Semantics,
     return item
 
 
-def encode_result(store: JobStore, value: Any, key: str) -> str:
-    """The stored form of an effect's result: JSON, encrypted if the store has a cipher."""
+def encode_result(store: JobStore, value: Any, key: str, *, job_id: str) -> str:
+    """The stored form of an effect's result: JSON, encrypted if the store has a cipher
+    (bound to the job when the cipher takes a context)."""
     text = codec.dumps(value, f"result of effect {key!r}")
     if store.cipher is not None and value is not None:
-        text = ENCRYPTED_PREFIX + store.cipher.encrypt(text)
+        text = ENCRYPTED_PREFIX + store.cipher.seal(
+            text, store.cipher_context(job_id, EFFECT_RESULT))
     if codec.size_of(text) > RESULT_BUDGET_BYTES:
         raise StateTooLarge(
             f"result of effect {key!r} is {codec.size_of(text)} bytes stored; effect results "
@@ -102,7 +104,8 @@ def encode_result(store: JobStore, value: Any, key: str) -> str:
 def decode_result(store: JobStore, item: Mapping[str, Any], job_id: str) -> Any:
     text = item.get("result", {}).get("S")
     if text:
-        text = store._decrypt(text, what=f"an effect result of job {job_id!r}", job_id=job_id)
+        text = store._decrypt(text, what=f"an effect result of job {job_id!r}", job_id=job_id,
+                              kind=EFFECT_RESULT)
     return codec.loads(text)
 
 
@@ -267,7 +270,7 @@ class Effects:
         result = self._call(key, fn, args, kwargs, sem)
         faults.point("effect_called", job_id=self.lease.job_id, key=key)
         try:
-            result_json = encode_result(self.store, result, key)
+            result_json = encode_result(self.store, result, key, job_id=self.lease.job_id)
         except Exception:
             # The effect happened but its result cannot be stored: record DONE without it.
             self._write_done_json(key, "null", self.lease.owner)
@@ -277,7 +280,8 @@ class Effects:
         return result
 
     def _write_done(self, key: str, result: Any, expect_owner: str) -> None:
-        self._write_done_json(key, encode_result(self.store, result, key), expect_owner)
+        self._write_done_json(key, encode_result(self.store, result, key,
+                                                 job_id=self.lease.job_id), expect_owner)
 
     def _write_done_json(self, key: str, result_json: str, expect_owner: str) -> None:
         now = self.store.clock.now_ms()
@@ -386,7 +390,7 @@ class Effects:
                 break
             results[k] = value
             try:
-                done.append((k, encode_result(self.store, value, k)))
+                done.append((k, encode_result(self.store, value, k, job_id=self.lease.job_id)))
             except Exception as exc:
                 done.append((k, "null"))
                 failure = exc
@@ -495,7 +499,8 @@ def mark_effect(store: JobStore, job_id: str, key: str, *, done: bool,
                 ConditionExpression="#state = :started",
                 ExpressionAttributeNames={"#state": "state", "#result": "result"},
                 ExpressionAttributeValues={":done": av(DONE), ":started": av(STARTED),
-                                           ":r": av(encode_result(store, result, key)),
+                                           ":r": av(encode_result(store, result, key,
+                                                                  job_id=job_id)),
                                            ":now": av(now)},
             )
         else:

@@ -51,6 +51,8 @@ from .status import RUNNABLE, JobStatus
 DEFAULT_TABLE = "jobstate"
 ACTIVE = "ACTIVE"  # list-index bucket of every non-terminal job (see schema.py)
 ENCRYPTED_PREFIX = "enc:"
+TOKENS, EFFECT_RESULT = "tokens", "effect-result"  # what a ciphertext holds (its context)
+KMS_KEY_ENV = "JOBSTATE_KMS_KEY_ARN"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ class JobStore:
         self.dispatch_timeout_ms = int(dispatch_timeout_s * 1000)
         self.pause_cache_ms = int(pause_cache_s * 1000)
         self.clock: Clock = clock or SYSTEM_CLOCK
+        if cipher is None and os.environ.get(KMS_KEY_ENV, "").strip():
+            from .kms import cipher_from_env  # the optional extra: jobstate[kms]
+
+            cipher = cipher_from_env()
         self.cipher = cipher
         self.models = schema.build_models(self.table_name, self.endpoint_url, self.region)
         self._client = client
@@ -258,31 +264,45 @@ class JobStore:
 
     # -- encoding -----------------------------------------------------------------------
 
-    def encode_tokens(self, tokens: dict[str, Any]) -> str:
+    def encode_tokens(self, tokens: dict[str, Any], *, job_id: str | None = None) -> str:
+        """The stored form of a job's tokens: JSON, encrypted if the store has a cipher
+        (bound to `job_id` when the cipher takes a context)."""
         text = codec.dumps(tokens, "tokens")
         if self.cipher is not None and tokens:
-            return ENCRYPTED_PREFIX + self.cipher.encrypt(text)
+            return ENCRYPTED_PREFIX + self.cipher.seal(
+                text, self.cipher_context(job_id, TOKENS))
         return text
 
-    def _decrypt(self, text: str, *, what: str, job_id: str | None = None) -> str:
+    def cipher_context(self, job_id: str | None, kind: str) -> dict[str, str]:
+        """What a ciphertext is bound to: this table, the job, tokens or an effect result."""
+        if job_id is None and self.cipher is not None and self.cipher.context:
+            raise InvalidInput(f"encrypting {kind} with a context cipher needs the job id")
+        return {"table": self.table_name, "job_id": job_id or "", "kind": kind}
+
+    def _decrypt(self, text: str, *, what: str, job_id: str | None = None,
+                 kind: str = "tokens") -> str:
         """`text` as written: decrypted with the cipher if it was stored encrypted."""
         if not text.startswith(ENCRYPTED_PREFIX):
             return text
         if self.cipher is None:
             raise TokensUnreadable(
                 f"{what} is encrypted; create the JobStore with the same "
-                "cipher=jobstate.Cipher(encrypt, decrypt) that wrote it.", job_id=job_id)
+                "cipher=jobstate.Cipher(encrypt, decrypt) that wrote it (for the KMS "
+                "cipher: set JOBSTATE_KMS_KEY_ARN).", job_id=job_id)
         try:
-            return self.cipher.decrypt(text[len(ENCRYPTED_PREFIX):])
+            return self.cipher.open(text[len(ENCRYPTED_PREFIX):],
+                                    self.cipher_context(job_id, kind))
         except Exception as exc:
             raise TokensUnreadable(
                 f"the cipher could not decrypt {what} ({type(exc).__name__}); is it the one "
-                "that encrypted it?", job_id=job_id) from None
+                "that encrypted it, and was it written for this job and table?",
+                job_id=job_id) from None
 
     def decode_tokens(self, text: str | None, *, job_id: str | None = None) -> dict[str, Any]:
         if not text:
             return {}
-        text = self._decrypt(text, what=f"the tokens of job {job_id!r}", job_id=job_id)
+        text = self._decrypt(text, what=f"the tokens of job {job_id!r}", job_id=job_id,
+                             kind=TOKENS)
         value = codec.loads(text, {})
         return value if isinstance(value, dict) else {}
 

@@ -229,7 +229,8 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
         with contextlib.suppress(JobNotFound, JobFinished):
             cancel_tree(store, cid, f"parent {job_id} failed: {reason}")
     faults.point("sweeper_children_cancelled", job_id=job_id, step=step)
-    state = State.encode(store, job.cursor, job.tokens, job.progress.to_dict())
+    state = State.encode(store, job.cursor, job.tokens, job.progress.to_dict(),
+                         job_id=job_id)
     try:
         protocol.finish(store, lease, state, JobStatus.FAILED, error=reason,
                         error_type="RunawayGuard",

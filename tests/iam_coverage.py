@@ -51,6 +51,7 @@ ACCOUNT, REGION, PARTITION, STACK = "123456789012", "us-east-1", "aws", "stack"
 TABLE_ARN = f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/jobs"
 KEY_ARN = f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/11111111-2222-3333-4444-555555555555"
 BUCKET = "uploads"  # the bucket of tests/test_handlers_s3.py, as the SourceBucket
+TABLE_NAME = "jobs"  # every table a test uses stands for the stack's one table
 
 Need = tuple[str, str]  # (IAM action, resource ARN; "*" when only the action is known)
 
@@ -132,8 +133,11 @@ def requests_of(service: str, operation: str, params: dict[str, Any]) -> list[Re
             keys = (pk,) if pk else ()
         return [Request(f"dynamodb:{operation}", arn, keys)]
     if service == "kms":
-        ctx = tuple(sorted((params.get("EncryptionContext") or {}).items()))
-        return [Request(f"kms:{operation}", params.get("KeyId") or KEY_ARN, None, ctx)]
+        # Every key a test creates stands for the stack's KmsKeyArn, every table for its
+        # table (as with TABLE_ARN).
+        ctx = {k: (TABLE_NAME if k == "jobstate:table" else v)
+               for k, v in (params.get("EncryptionContext") or {}).items()}
+        return [Request(f"kms:{operation}", KEY_ARN, None, tuple(sorted(ctx.items())))]
     return [Request(a, r) for a, r in needs_of(service, operation, params)]
 
 
@@ -186,9 +190,16 @@ def _render(value: Any) -> str:
             text = text.replace(k, v)
         return text
     if isinstance(value, dict) and "Ref" in value:
-        return {"SenderIdentityArn": "*", "KmsKeyArn": KEY_ARN}.get(value["Ref"],
-                                                                     f"<{value['Ref']}>")
+        return {"SenderIdentityArn": "*", "KmsKeyArn": KEY_ARN, "Table": TABLE_NAME}.get(
+            value["Ref"], f"<{value['Ref']}>")
     return json.dumps(value)
+
+
+def _render_condition(condition: dict[str, Any]) -> str:
+    rendered = {op: {key: [_render(v) for v in (want if isinstance(want, list) else [want])]
+                     for key, want in body.items()}
+                for op, body in condition.items()}
+    return json.dumps(rendered, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,7 @@ def grants(cfn: dict[str, Any], function_id: str) -> list[Grant]:
         res = res if isinstance(res, list) else [res]
         out.append(Grant(st.get("Sid", "?"), st.get("Effect", "Allow"), tuple(actions),
                          tuple(_render(r) for r in res),
-                         json.dumps(st.get("Condition") or {}, sort_keys=True)))
+                         _render_condition(st.get("Condition") or {})))
     return out
 
 
@@ -438,7 +449,9 @@ def covers(function_id: str, *, also: tuple[Need, ...] = ()) -> Callable[..., An
 
     @pytest.fixture(scope="module", autouse=True)
     def _iam_coverage() -> Iterator[Recorder]:
-        cfn = template_check.transform()
+        # The stack with every option on (a KMS key): what the role may grant at most.
+        cfn = template_check.resolve_conditions(template_check.transform(),
+                                                {"KmsKeyArn": KEY_ARN})
         recorder = Recorder(entry_of(cfn, function_id))
         with pytest.MonkeyPatch.context() as mp:
             recorder.install(mp)

@@ -76,25 +76,56 @@ def test_iam_has_no_wildcards(cfn: dict[str, Any]) -> None:
 FUNCTIONS = (*tc.WORKERS, "SweeperFunction", "StatusApiFunction")
 
 
+KMS = pytest.mark.parametrize("kms", [False, True], ids=["no-key", "kms-key"])
+
+
+def deployed(cfn: dict[str, Any], kms: bool) -> dict[str, Any]:
+    """The stack as deployed without, or with, the optional KmsKeyArn."""
+    from iam_coverage import KEY_ARN
+
+    return tc.resolve_conditions(cfn, {"KmsKeyArn": KEY_ARN if kms else ""})
+
+
+@KMS
 @pytest.mark.parametrize("function_id", FUNCTIONS)
-def test_every_role_allows_what_its_code_can_do(cfn: dict[str, Any], function_id: str) -> None:
+def test_every_role_allows_what_its_code_can_do(cfn: dict[str, Any], function_id: str,
+                                                kms: bool) -> None:
     """Each role allows every request the code reachable from its Handler can make
     (derived by tests/iam_static.py, not listed): issue 21's batch mailer lacked
-    dynamodb:ConditionCheckItem, which the withdrawal of a cancelled spawn needs."""
+    dynamodb:ConditionCheckItem, which the withdrawal of a cancelled spawn needs. With a
+    KmsKeyArn, the KMS requests of the cipher too."""
     from iam_coverage import denied, static_needs
 
-    needs = static_needs(cfn, function_id)
-    assert needs and denied(cfn, function_id, needs) == []
+    stack = deployed(cfn, kms)
+    needs = static_needs(stack, function_id, kms=kms)
+    assert needs and denied(stack, function_id, needs) == []
 
 
+@KMS
 @pytest.mark.parametrize("function_id", FUNCTIONS)
-def test_no_role_grants_what_no_code_path_needs(cfn: dict[str, Any], function_id: str) -> None:
+def test_no_role_grants_what_no_code_path_needs(cfn: dict[str, Any], function_id: str,
+                                                kms: bool) -> None:
     """Least privilege: every granted DynamoDB action and table/index is needed by a
     reachable request; every other granted action too (or explained in NEEDED_ANYWAY).
-    Workers used to be granted index/*, which no worker queries."""
+    Workers used to be granted index/*, which no worker queries. KMS grants exist only
+    when the stack has a key, and each function gets only the KMS actions its code uses
+    (the status API only ever opens tokens)."""
     from iam_coverage import least_privilege
 
-    assert least_privilege(cfn, function_id) == []
+    assert least_privilege(deployed(cfn, kms), function_id, kms=kms) == []
+
+
+def test_kms_grants_exist_only_with_a_key(cfn: dict[str, Any]) -> None:
+    def kms_actions(stack: dict[str, Any]) -> set[str]:
+        return {a for _, st in tc.iam_statements(stack)
+                for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+                if a.startswith("kms:")}
+
+    assert kms_actions(deployed(cfn, False)) == set()
+    assert kms_actions(deployed(cfn, True)) == {"kms:GenerateDataKey", "kms:Decrypt"}
+    env = cfn["Globals"]["Function"]["Environment"]["Variables"] if "Globals" in cfn else (
+        tc.props(cfn, "SweeperFunction")["Environment"]["Variables"])
+    assert env["JOBSTATE_KMS_KEY_ARN"] == {"Ref": "KmsKeyArn"}
 
 
 def test_the_spawn_withdrawal_is_a_need_of_every_worker(cfn: dict[str, Any]) -> None:
@@ -114,7 +145,7 @@ def test_the_iam_coverage_check_can_fail(cfn: dict[str, Any]) -> None:
 
     cancel = {("dynamodb:UpdateItem", TABLE_ARN), ("dynamodb:PutItem", TABLE_ARN)}
     assert denied(cfn, "StatusApiFunction", cancel) == []
-    broken = copy.deepcopy(cfn)
+    broken = tc.resolve_conditions(copy.deepcopy(cfn))
     for st in tc.role_statements(broken, "StatusApiFunction"):
         if isinstance(st.get("Action"), list) and "dynamodb:PutItem" in st["Action"]:
             st["Action"].remove("dynamodb:PutItem")
@@ -124,7 +155,7 @@ def test_the_iam_coverage_check_can_fail(cfn: dict[str, Any]) -> None:
     assert denied(cfn, "FileProcessorFunction",
                   {("s3:PutObject", "arn:aws:s3:::uploads/in/a.txt")})  # not results/
     # A grant nothing needs is reported: an index grant to a worker, a Scan.
-    extra = copy.deepcopy(cfn)
+    extra = tc.resolve_conditions(copy.deepcopy(cfn))
     for st in tc.role_statements(extra, "EtlPollerFunction"):
         if st.get("Sid") == "JobTable":
             st["Resource"] = [*st["Resource"], {"Fn::Sub": "${Table.Arn}/index/*"}]
