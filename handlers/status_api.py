@@ -4,12 +4,19 @@
                                  rolled up from its children (`jobstate.rollup`)
     GET  /jobs?type=&status=&limit=&next_token=
                                  one page of jobs, newest first; pass `next_token` back
-    POST /jobs/{id}/cancel       cancel the job and its unfinished children
-                                 (`jobstate.cancel_tree`); body `{"reason": "..."}` optional
+    POST /jobs/{id}/cancel       cancel the job and its unfinished children; body
+                                 `{"reason": "..."}` optional
 
-Answers are JSON. 400 names the bad parameter, 404 an unknown job or route, 405 a wrong
-method, 409 cancelling a finished job, 503 when DynamoDB is unavailable; anything else
-is a 500 with the request id (the traceback goes to the function's log, never the body).
+Every request is authorised against grants (`JOBSTATE_STATUS_API_GRANTS`, the template's
+`StatusApiGrants`): which IAM principals (ARN patterns) may read, list and cancel which
+job types. The caller is the IAM identity Lambda puts in the request context
+(`requestContext.authorizer.iam.userArn`, signed with SigV4), never a header. Nothing is
+allowed without a grant (see docs/security.md).
+
+Answers are JSON. 400 names the bad parameter, 403 an action the caller may not take,
+404 an unknown job (or one the caller may not read) or route, 405 a wrong method, 409
+cancelling a finished job, 503 when DynamoDB is unavailable; anything else is a 500 with
+the request id (the traceback goes to the function's log, never the body).
 """
 
 from __future__ import annotations
@@ -18,17 +25,24 @@ import base64
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 import jobstate
 from jobstate import observe
+from jobstate.fanout import child_ids_of  # the ids of a job's latest spawn (a read helper)
 
 log = logging.getLogger("handlers.status_api")
 
 MAX_LIMIT = 100
 STATUSES = tuple(s.value for s in jobstate.JobStatus)
+GRANTS_ENV = "JOBSTATE_STATUS_API_GRANTS"
+ACTIONS = ("read", "list", "cancel")
+ALL = "*"
 
 
 class HttpError(Exception):
@@ -48,18 +62,172 @@ def response(status: int, body: Any, headers: Mapping[str, str] | None = None
     }
 
 
-def job_json(store: jobstate.JobStore, view: jobstate.JobView) -> dict[str, Any]:
+# -- authorisation -------------------------------------------------------------------------
+
+
+class GrantsInvalid(ValueError):
+    """The grants document is malformed (a deployment error: every request is refused)."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Principals (ARN patterns, `*` matching any run of characters) and the job types
+    they may read (GET /jobs/{id}), list (GET /jobs?type=, which shows the listed jobs)
+    and cancel (POST /jobs/{id}/cancel). A type `*` is every type."""
+
+    principals: tuple[str, ...]
+    read: frozenset[str] = frozenset()
+    list: frozenset[str] = frozenset()
+    cancel: frozenset[str] = frozenset()
+
+    def matches(self, arn: str) -> bool:
+        return any(_glob(p).fullmatch(arn) for p in self.principals)
+
+
+@functools.cache
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+class Grants:
+    """Who may do what: deny unless a grant says otherwise."""
+
+    def __init__(self, grants: Iterable[Grant] = ()) -> None:
+        self.grants = tuple(grants)
+
+    @classmethod
+    def parse(cls, text: str | None) -> Grants:
+        """Grants from JSON: `[{"principal": "arn:aws:sts::111122223333:assumed-role/ops/*",
+        "read": ["*"], "list": ["etl-poller"], "cancel": ["etl-poller"]}, ...]`
+        (`principal` may be a list). Empty or unset: no grants (everything is refused)."""
+        if not text or not text.strip():
+            return cls()
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GrantsInvalid(f"{GRANTS_ENV} is not JSON ({exc.msg} at {exc.pos})") from None
+        if not isinstance(doc, list):
+            raise GrantsInvalid(f"{GRANTS_ENV} must be a JSON list of grants, got "
+                                f"{type(doc).__name__}")
+        return cls(_grant(i, g) for i, g in enumerate(doc))
+
+    @classmethod
+    def from_env(cls) -> Grants:
+        return cls.parse(os.environ.get(GRANTS_ENV))
+
+    def types(self, arn: str, action: str) -> frozenset[str]:
+        """The job types `arn` may `action` ("*" among them: every type)."""
+        out: set[str] = set()
+        for g in self.grants:
+            if g.matches(arn):
+                out |= getattr(g, action)
+        return frozenset(out)
+
+    def allows(self, arn: str, action: str, job_type: str | None) -> bool:
+        types = self.types(arn, action)
+        return ALL in types or (job_type is not None and job_type in types)
+
+
+def _grant(i: int, g: Any) -> Grant:
+    where = f"{GRANTS_ENV}[{i}]"
+    if not isinstance(g, dict):
+        raise GrantsInvalid(f"{where} must be an object")
+    unknown = sorted(set(g) - {"principal", *ACTIONS})
+    if unknown:
+        raise GrantsInvalid(f"{where} has unknown key(s) {unknown}; use principal, "
+                            f"{', '.join(ACTIONS)}")
+    principals = g.get("principal")
+    principals = [principals] if isinstance(principals, str) else principals
+    if not principals or not isinstance(principals, list) or not all(
+            isinstance(p, str) and p.startswith("arn:") for p in principals):
+        raise GrantsInvalid(f"{where}.principal must be an IAM ARN pattern (or a list of "
+                            "them) starting with 'arn:', e.g. "
+                            "'arn:aws:sts::111122223333:assumed-role/ops/*'")
+    kinds: dict[str, frozenset[str]] = {}
+    for action in ACTIONS:
+        types = g.get(action, [])
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise GrantsInvalid(f"{where}.{action} must be a list of job types (or '*')")
+        for t in types:
+            if t != ALL:
+                try:
+                    jobstate.codec.validate_job_type(t)
+                except jobstate.InvalidInput as exc:
+                    raise GrantsInvalid(f"{where}.{action}: {exc}") from None
+        kinds[action] = frozenset(types)
+    return Grant(tuple(principals), **kinds)
+
+
+def caller_of(event: Mapping[str, Any]) -> str:
+    """The caller's IAM ARN, as Lambda wrote it into the request context of a function
+    URL with AuthType AWS_IAM (after checking the SigV4 signature). Headers are never
+    looked at: the caller writes those."""
+    ctx = event.get("requestContext")
+    iam = ((ctx.get("authorizer") or {}).get("iam") or {}) if isinstance(ctx, Mapping) else {}
+    arn = iam.get("userArn") if isinstance(iam, Mapping) else None
+    if not isinstance(arn, str) or not arn.startswith("arn:"):
+        raise HttpError(403, "the request carries no IAM identity "
+                             "(requestContext.authorizer.iam.userArn): the function URL "
+                             "must use AuthType AWS_IAM and the request be signed with SigV4")
+    return arn
+
+
+@dataclass(frozen=True)
+class Caller:
+    arn: str
+    grants: Grants
+
+    def may(self, action: str, job_type: str | None) -> bool:
+        return self.grants.allows(self.arn, action, job_type)
+
+    def may_any(self, action: str) -> bool:
+        return bool(self.grants.types(self.arn, action))
+
+    def refuse(self, action: str, what: str = "jobs") -> HttpError:
+        # Names the caller's own ARN and the action: no job data, no other principal.
+        return HttpError(403, f"{self.arn} may not {action} {what}; ask for a grant in "
+                              f"{GRANTS_ENV} (the stack's StatusApiGrants parameter)")
+
+
+def not_found(job_id: str) -> HttpError:
+    """The same answer for a job that does not exist and one the caller may not read, so
+    a caller cannot probe which ids exist."""
+    return HttpError(404, f"no job {job_id!r} that you may read (it may never have existed, "
+                          "have expired, or be of a type you have no read grant for)")
+
+
+def job_json(store: jobstate.JobStore, view: jobstate.JobView,
+             caller: Caller | None = None, *, rollup: bool = True) -> dict[str, Any]:
+    """The job as JSON (tokens redacted). Relations to jobs of a type the caller may not
+    read (its parent and ancestors, its children and their roll-up) are left out, and so
+    is an error that quotes them."""
     out = view.to_dict()  # tokens redacted
-    if view.children_total:
+    children_visible = caller is None or (view.child_type is not None
+                                          and caller.may("read", view.child_type))
+    parent_type = view.ancestors[-1] if view.ancestors else view.parent_type
+    parent_visible = caller is None or not view.parent_id or (
+        parent_type is not None and all(caller.may("read", t) for t in view.ancestors)
+        and caller.may("read", parent_type))
+    if rollup and view.children_total and children_visible:
         out["rollup"] = jobstate.rollup(store, view).to_dict()
+    if not children_visible and view.error_type == "ChildFailed":
+        out["error"] = ("children of this job did not succeed (their details are "
+                        "withheld: you have no read grant for their type)")
+    if not parent_visible:
+        out["parent_id"] = None
+        if view.error_type == "Cancelled":  # "parent <id> cancelled" / "... failed: ..."
+            out["error"] = ("cancelled with its parent (details withheld: you have no read "
+                            "grant for the parent's type)")
     return out
 
 
 class StatusApi:
     """Routes function URL requests to a JobStore (injectable for tests)."""
 
-    def __init__(self, store: jobstate.JobStore | None = None) -> None:
+    def __init__(self, store: jobstate.JobStore | None = None,
+                 grants: Grants | None = None) -> None:
         self._store = store
+        self._grants = grants
 
     @property
     def store(self) -> jobstate.JobStore:
@@ -67,12 +235,23 @@ class StatusApi:
             self._store = jobstate.JobStore()  # lazily: nothing connects at import time
         return self._store
 
+    @property
+    def grants(self) -> Grants:
+        if self._grants is None:
+            self._grants = Grants.from_env()
+        return self._grants
+
     def handler(self, event: Any, context: Any = None) -> dict[str, Any]:
         request_id = getattr(context, "aws_request_id", None)
         try:
             method, path, query, body = parse_request(event)
+            caller = Caller(caller_of(event), self.grants)
             route, arg = self.route(method, path)
-            return route(arg, query, body)
+            return route(caller, arg, query, body)
+        except GrantsInvalid as exc:
+            log.error("status api refuses every request: %s (request id %s)", exc, request_id)
+            return response(500, {"error": "the status API's grants are invalid; see the "
+                                           "function's logs", "request_id": request_id})
         except HttpError as exc:
             return response(exc.code, {"error": str(exc), **exc.extra})
         except jobstate.JobNotFound as exc:
@@ -91,30 +270,53 @@ class StatusApi:
     def route(self, method: str, path: str) -> tuple[Callable[..., dict[str, Any]], str]:
         parts = path.strip("/").split("/")
         if parts[0] != "jobs":
-            raise HttpError(404, f"no route {path!r}; try GET /jobs or GET /jobs/{{id}}")
+            raise HttpError(404, f"no route {path!r:.100}; try GET /jobs or GET /jobs/{{id}}")
         if len(parts) == 1:
             if method != "GET":
-                raise HttpError(405, f"{method} /jobs is not allowed; use GET", allow="GET")
+                raise HttpError(405, f"{method:.20} /jobs is not allowed; use GET", allow="GET")
             return self.list_jobs, ""
         rest = "/".join(parts[1:])
         if method == "POST" and rest.endswith("/cancel") and len(parts) > 2:
             return self.cancel_job, unquote(rest.removesuffix("/cancel"))
         if method == "GET":
             return self.get_job, unquote(rest)
-        raise HttpError(405, f"{method} {path} is not allowed; use GET /jobs/{{id}} or "
+        raise HttpError(405, f"{method:.20} {path:.100} is not allowed; use GET /jobs/{{id}} or "
                              "POST /jobs/{id}/cancel", allow="GET, POST")
 
-    def get_job(self, job_id: str, query: Mapping[str, str], body: Any) -> dict[str, Any]:
-        return response(200, job_json(self.store, self.store.get(job_id)))
+    def get_job(self, caller: Caller, job_id: str, query: Mapping[str, str],
+                body: Any) -> dict[str, Any]:
+        return response(200, job_json(self.store, self.readable(caller, job_id), caller))
 
-    def list_jobs(self, _: str, query: Mapping[str, str], body: Any) -> dict[str, Any]:
+    def readable(self, caller: Caller, job_id: str) -> jobstate.JobView:
+        """The job, if the caller may read it; else the not-found answer."""
+        if not caller.may_any("read"):
+            raise caller.refuse("read")  # before any read: nothing about the job is told
+        try:
+            view = self.store.get(job_id)
+        except jobstate.JobNotFound:
+            raise not_found(job_id) from None
+        if not caller.may("read", view.job_type):
+            raise not_found(job_id)
+        return view
+
+    def list_jobs(self, caller: Caller, _: str, query: Mapping[str, str],
+                  body: Any) -> dict[str, Any]:
         unknown = sorted(set(query) - {"type", "status", "limit", "next_token"})
         if unknown:
-            raise HttpError(400, f"unknown query parameter(s) {unknown}; use type, status, "
-                                 "limit, next_token")
+            raise HttpError(400, f"unknown query parameter(s) {unknown!r:.200}; use type, "
+                                 "status, limit, next_token")
+        job_type = query.get("type") or None
+        if job_type is not None:
+            jobstate.codec.validate_job_type(job_type)
+        if not caller.may("list", job_type):
+            if job_type is None and caller.may_any("list"):
+                raise HttpError(403, "list one job type at a time (?type=...): "
+                                     f"{caller.arn} may not list every type")
+            raise caller.refuse("list", f"jobs of type {job_type!r}" if job_type else "jobs")
         status = query.get("status") or None
         if status is not None and status.upper() not in STATUSES:
-            raise HttpError(400, f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+            raise HttpError(400, f"status must be one of {', '.join(STATUSES)}; got "
+                                 f"{status!r:.40}")
         raw_limit = query.get("limit") or "50"
         try:
             limit = int(raw_limit)
@@ -122,53 +324,153 @@ class StatusApi:
             limit = 0
         if not 1 <= limit <= MAX_LIMIT:
             raise HttpError(400, f"limit must be an integer from 1 to {MAX_LIMIT}; got "
-                                 f"{raw_limit!r}")
-        page = self.store.list(query.get("type") or None,
-                               status.upper() if status else None,
+                                 f"{raw_limit!r:.40}")
+        page = self.store.list(job_type, status.upper() if status else None,
                                limit=limit, next_token=query.get("next_token") or None)
-        return response(200, {"jobs": [j.to_dict() for j in page.jobs],
-                              "next_token": page.next_token})
+        # A list stays one query and one batch read: roll-ups are for GET /jobs/{id}.
+        jobs = [job_json(self.store, j, caller, rollup=False) for j in page.jobs
+                if caller.may("list", j.job_type)]
+        return response(200, {"jobs": jobs, "next_token": page.next_token})
 
-    def cancel_job(self, job_id: str, query: Mapping[str, str], body: Any) -> dict[str, Any]:
+    def cancel_job(self, caller: Caller, job_id: str, query: Mapping[str, str],
+                   body: Any) -> dict[str, Any]:
         reason = "cancelled through the status API"
         if isinstance(body, Mapping) and body.get("reason") is not None:
             if not isinstance(body["reason"], str) or not body["reason"].strip():
                 raise HttpError(400, "reason must be a non-empty string")
             reason = body["reason"][:500]
-        view = self.store.get(job_id)
+        if not caller.may_any("cancel"):
+            raise caller.refuse("cancel")  # before any read
+        try:
+            view = self.store.get(job_id)
+        except jobstate.JobNotFound:
+            raise not_found(job_id) from None
+        if not (caller.may("cancel", view.job_type) or caller.may("read", view.job_type)):
+            raise not_found(job_id)
+        if not caller.may("cancel", view.job_type):
+            raise caller.refuse("cancel", f"jobs of type {view.job_type!r}")
         if view.status.terminal and view.status is not jobstate.JobStatus.CANCELLED:
             raise HttpError(409, f"job {job_id!r} already {view.status.value}; there is "
                                  "nothing to cancel", status=view.status.value)
-        count = jobstate.cancel_tree(self.store, job_id, reason)
+        # Every unfinished job of the tree must be one the caller may cancel, or nothing
+        # is cancelled: half a tree cancelled leaves children working for a dead parent.
+        forbidden = [j for j in unfinished_tree(self.store, view)
+                     if not caller.may("cancel", j.job_type)]
+        if forbidden:
+            raise HttpError(403, f"job {job_id!r} has {len(forbidden)} unfinished "
+                                 f"descendant(s) {caller.arn} may not cancel; nothing was "
+                                 "cancelled")
+        count, skipped = cancel_tree(self.store, view, reason,
+                                     lambda j: caller.may("cancel", j.job_type))
         observe.event("cancel_requested", job_id=job_id, job_type=view.job_type,
-                      detail=f"{count} job(s) cancelled")
-        return response(200, {"job_id": job_id, "status": "CANCELLED", "cancelled": count})
+                      detail=f"{count} job(s) cancelled by {caller.arn}")
+        return response(200, {"job_id": job_id, "status": "CANCELLED", "cancelled": count,
+                              "skipped": skipped})
+
+
+def unfinished_tree(store: jobstate.JobStore, root: jobstate.JobView
+                    ) -> list[jobstate.JobView]:
+    """The unfinished descendants of `root` (of its latest spawns, recursively)."""
+    out: list[jobstate.JobView] = []
+    todo = [root]
+    seen = {root.job_id}
+    while todo:
+        for cid in child_ids_of(todo.pop()):
+            if cid in seen:
+                continue
+            seen.add(cid)
+            try:
+                child = store.get(cid)
+            except jobstate.JobNotFound:
+                continue
+            if not child.status.terminal:
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def cancel_tree(store: jobstate.JobStore, root: jobstate.JobView, reason: str,
+                may_cancel: Callable[[jobstate.JobView], bool]) -> tuple[int, int]:
+    """`jobstate.cancel_tree`, asking `may_cancel` before each job: a job it refuses (one
+    spawned since the tree was checked) is left running, with its subtree. Returns
+    (cancelled, skipped)."""
+    count = skipped = 0
+    todo: list[tuple[jobstate.JobView, str]] = [(root, reason)]
+    while todo:
+        view, why = todo.pop()
+        if not may_cancel(view):
+            skipped += 1
+            continue
+        try:
+            done = store.cancel(view.job_id, why)
+        except (jobstate.JobNotFound, jobstate.JobFinished):
+            if view is root:
+                raise
+            continue  # it finished meanwhile
+        count += 1
+        for cid in child_ids_of(done):
+            try:
+                child = store.get(cid)
+            except jobstate.JobNotFound:
+                continue
+            if not child.status.terminal:
+                todo.append((child, f"parent {view.job_id} cancelled"))
+    return count, skipped
+
+
+MAX_BODY_BYTES = 16 * 1024  # a cancel reason is at most 500 characters
+MAX_PATH_CHARS = 1024
 
 
 def parse_request(event: Any) -> tuple[str, str, dict[str, str], Any]:
-    """(method, path, query, JSON body) from a function URL event (payload 2.0)."""
+    """(method, path, query, JSON body) from a function URL event (payload 2.0).
+
+    Whatever the event holds, a request that cannot be served is an HttpError (400) here,
+    before anything is read or written.
+    """
     if not isinstance(event, Mapping):
         raise HttpError(400, "not a function URL request")
-    http = (event.get("requestContext") or {}).get("http") or {}
-    method = str(http.get("method") or "").upper()
-    path = event.get("rawPath") or http.get("path")
-    if not method or not isinstance(path, str):
+    ctx = event.get("requestContext")
+    http = (ctx.get("http") if isinstance(ctx, Mapping) else None) or {}
+    method = http.get("method") if isinstance(http, Mapping) else None
+    path = event.get("rawPath") or (http.get("path") if isinstance(http, Mapping) else None)
+    if not isinstance(method, str) or not method or not isinstance(path, str):
         raise HttpError(400, "not a function URL request (payload format 2.0: rawPath, "
                              "requestContext.http.method)")
-    query = {str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()}
+    if len(path) > MAX_PATH_CHARS:
+        raise HttpError(400, f"the path is longer than {MAX_PATH_CHARS} characters")
+    raw_query = event.get("queryStringParameters") or {}
+    if not isinstance(raw_query, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw_query.items()):
+        raise HttpError(400, "queryStringParameters must map names to strings")
+    query = dict(raw_query)
+    return method.upper(), path, query, _body(event)
+
+
+def _body(event: Mapping[str, Any]) -> Any:
     raw = event.get("body")
-    body: Any = None
-    if raw:
-        if event.get("isBase64Encoded"):
-            try:
-                raw = base64.b64decode(raw).decode("utf-8")
-            except ValueError:
-                raise HttpError(400, "body is not valid base64 UTF-8") from None
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise HttpError(400, "body must be a string (JSON, or base64 with isBase64Encoded)")
+    if len(raw) > 2 * MAX_BODY_BYTES:
+        raise HttpError(400, f"body is larger than {MAX_BODY_BYTES} bytes")
+    if event.get("isBase64Encoded"):
         try:
-            body = json.loads(raw)
-        except ValueError:
-            raise HttpError(400, "body must be JSON") from None
-    return method, path, query, body
+            raw = base64.b64decode(raw, validate=True).decode("utf-8")
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            raise HttpError(400, "body is not valid base64 UTF-8") from None
+    if len(raw.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise HttpError(400, f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise HttpError(400, "body is nested too deeply; send {\"reason\": \"...\"}") from None
+    except ValueError:
+        raise HttpError(400, "body must be JSON, e.g. {\"reason\": \"...\"}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "body must be a JSON object, e.g. {\"reason\": \"...\"}")
+    return body
 
 
 @functools.cache

@@ -573,16 +573,27 @@ def _parse_event(event: Any) -> dict[str, Any]:
         codec.validate_job_id(job_id)
     except InvalidInput as exc:
         raise InvalidEvent(f"jobstate event: {exc}") from None
+    from .fanout import MAX_DEPTH  # a job tree is at most this deep (spawn refuses more)
+
     for name in ("job_type", "parent_type"):
         value = body.get(name)
-        if value is not None and not isinstance(value, str):
-            raise InvalidEvent(f"jobstate event {name!r} must be a string, got {value!r:.80}.")
+        if value is not None and not _job_type_ok(value):
+            raise InvalidEvent(f"jobstate event {name!r} must be a job type (1-64 letters, "
+                               f"digits and ._- ), got {value!r:.80}.")
     anc = body.get("ancestors")
-    if anc is not None and (not isinstance(anc, list) or len(anc) > 64
-                            or not all(isinstance(t, str) for t in anc)):
-        raise InvalidEvent(f"jobstate event 'ancestors' must be a list of job type strings, "
-                           f"got {anc!r:.80}.")
+    if anc is not None and (not isinstance(anc, list) or len(anc) > MAX_DEPTH
+                            or not all(_job_type_ok(t) for t in anc)):
+        raise InvalidEvent(f"jobstate event 'ancestors' must be a list of at most "
+                           f"{MAX_DEPTH} job types, got {anc!r:.80}.")
     return body
+
+
+def _job_type_ok(value: object) -> bool:
+    try:
+        codec.validate_job_type(value)
+    except InvalidInput:
+        return False
+    return True
 
 
 __all__ = ["App", "InMemoryContinuation", "JobSpec", "StepReport", "step_event"]

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,12 +154,25 @@ def stable_id(*parts: object, prefix: str = "") -> str:
 
 @dataclass(frozen=True)
 class Cipher:
-    """Optional application-level encryption of tokens (on top of DynamoDB's at-rest SSE).
+    """Optional application-level encryption of tokens and effect results (on top of
+    DynamoDB's at-rest SSE).
 
-    `encrypt` and `decrypt` map str -> str (e.g. a KMS or Fernet wrapper).
+    `encrypt` and `decrypt` map str -> str (e.g. a Fernet wrapper). With `context=True`
+    they also take a dict naming what the text is — `table`, `job_id` and `kind`
+    ("tokens" or "effect-result") — so a cipher can bind each ciphertext to its job and
+    refuse one moved to another (`jobstate.kms` ships such a cipher, backed by KMS).
     """
 
-    encrypt: Callable[[str], str]
-    decrypt: Callable[[str], str]
+    encrypt: Callable[..., str]
+    decrypt: Callable[..., str]
+    context: bool = False
+
+    def seal(self, text: str, context: Mapping[str, str]) -> str:
+        """`text` encrypted (what jobstate calls; it passes the context when asked to)."""
+        return self.encrypt(text, dict(context)) if self.context else self.encrypt(text)
+
+    def open(self, text: str, context: Mapping[str, str]) -> str:
+        """`text` decrypted, for the same context it was sealed with."""
+        return self.decrypt(text, dict(context)) if self.context else self.decrypt(text)
 
 

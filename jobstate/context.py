@@ -135,7 +135,8 @@ class StepContext:
         return self._progress
 
     def encoded_state(self) -> State:
-        state = State.encode(self._store, self.cursor, self.tokens, self._progress.to_dict())
+        state = State.encode(self._store, self.cursor, self.tokens, self._progress.to_dict(),
+                             job_id=self._lease.job_id)
         if self._input_json is None:
             self._input_json = codec.dumps(self.input, "input")
         state.check(input_json=self._input_json)

@@ -38,7 +38,7 @@ from .errors import (
 from .protocol import Lease
 from .signals import Deferred
 from .status import NOT_DONE, Semantics
-from .store import JobStore
+from .store import EFFECT_RESULT, JobStore
 
 STARTED = "STARTED"
 DONE = "DONE"
@@ -99,11 +99,13 @@ def _started_item(store: JobStore, lease: Lease, key: str, sem: Semantics,
     return item
 
 
-def encode_result(store: JobStore, value: Any, key: str) -> str:
-    """The stored form of an effect's result: JSON, encrypted if the store has a cipher."""
+def encode_result(store: JobStore, value: Any, key: str, *, job_id: str) -> str:
+    """The stored form of an effect's result: JSON, encrypted if the store has a cipher
+    (bound to the job when the cipher takes a context)."""
     text = codec.dumps(value, f"result of effect {key!r}")
     if store.cipher is not None and value is not None:
-        text = ENCRYPTED_PREFIX + store.cipher.encrypt(text)
+        text = ENCRYPTED_PREFIX + store.cipher.seal(
+            text, store.cipher_context(job_id, EFFECT_RESULT))
     if codec.size_of(text) > RESULT_BUDGET_BYTES:
         raise StateTooLarge(
             f"result of effect {key!r} is {codec.size_of(text)} bytes stored; effect results "
@@ -116,7 +118,8 @@ def encode_result(store: JobStore, value: Any, key: str) -> str:
 def decode_result(store: JobStore, item: Mapping[str, Any], job_id: str) -> Any:
     text = item.get("result", {}).get("S")
     if text:
-        text = store._decrypt(text, what=f"an effect result of job {job_id!r}", job_id=job_id)
+        text = store._decrypt(text, what=f"an effect result of job {job_id!r}", job_id=job_id,
+                              kind=EFFECT_RESULT)
     return codec.loads(text)
 
 
@@ -341,7 +344,7 @@ class Effects:
         happened, its result is unknown here): never DONE with a result it did not give."""
         for attempt in range(1, ENCODE_ATTEMPTS + 1):
             try:
-                return encode_result(self.store, result, key)
+                return encode_result(self.store, result, key, job_id=self.lease.job_id)
             except JobStateError as exc:  # not JSON, too large: no retry can fix it
                 self._not_stored(key, exc)
                 raise
@@ -387,7 +390,7 @@ class Effects:
                           step=self.lease.step, detail=f"effect {key!r}: {type(exc).__name__}")
 
     def _write_done(self, key: str, result: Any, expect_owner: str) -> None:
-        result_json = encode_result(self.store, result, key)
+        result_json = encode_result(self.store, result, key, job_id=self.lease.job_id)
         self._persist(self._write_done_json, key, result_json, expect_owner)
 
     def _write_done_json(self, key: str, result_json: str, expect_owner: str) -> None:
@@ -616,7 +619,8 @@ def mark_effect(store: JobStore, job_id: str, key: str, *, done: bool,
                 ConditionExpression="#state = :started",
                 ExpressionAttributeNames={"#state": "state", "#result": "result"},
                 ExpressionAttributeValues={":done": av(DONE), ":started": av(STARTED),
-                                           ":r": av(encode_result(store, result, key)),
+                                           ":r": av(encode_result(store, result, key,
+                                                                  job_id=job_id)),
                                            ":now": av(now)},
             )
         else:

@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "cli": ("click", "rich"),
     "local": ("click", "rich", "moto", "werkzeug", "flask"),
     "testing": ("moto", "pytest"),
+    "kms": ("aws_encryption_sdk",),
 }
 
 

@@ -282,7 +282,7 @@ class State:
 
     @classmethod
     def encode(cls, store: JobStore, cursor: Any, tokens: Any,
-               progress: dict[str, Any]) -> State:
+               progress: dict[str, Any], *, job_id: str) -> State:
         if not isinstance(cursor, dict):
             raise StateNotSerializable(
                 f"ctx.cursor must be a dict, got {type(cursor).__name__}; store positions "
@@ -292,7 +292,7 @@ class State:
             raise StateNotSerializable(
                 f"ctx.tokens must be a dict, got {type(tokens).__name__}."
             )
-        state = cls(codec.dumps(cursor, "cursor"), store.encode_tokens(tokens),
+        state = cls(codec.dumps(cursor, "cursor"), store.encode_tokens(tokens, job_id=job_id),
                     codec.dumps(progress, "progress"))
         return state
 

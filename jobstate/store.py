@@ -52,6 +52,8 @@ from .status import RUNNABLE, JobStatus
 DEFAULT_TABLE = "jobstate"
 ACTIVE = "ACTIVE"  # list-index bucket of every non-terminal job (see schema.py)
 ENCRYPTED_PREFIX = "enc:"
+TOKENS, EFFECT_RESULT = "tokens", "effect-result"  # what a ciphertext holds (its context)
+KMS_KEY_ENV = "JOBSTATE_KMS_KEY_ARN"
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,10 @@ class JobStore:
         self.dispatch_timeout_ms = int(dispatch_timeout_s * 1000)
         self.pause_cache_ms = int(pause_cache_s * 1000)
         self.clock: Clock = clock or SYSTEM_CLOCK
+        if cipher is None and os.environ.get(KMS_KEY_ENV, "").strip():
+            from .kms import cipher_from_env  # the optional extra: jobstate[kms]
+
+            cipher = cipher_from_env()
         self.cipher = cipher
         self.models = schema.build_models(self.table_name, self.endpoint_url,
                                           self._region.name if self._region else "")
@@ -278,38 +284,52 @@ class JobStore:
 
     # -- encoding -----------------------------------------------------------------------
 
-    def encode_tokens(self, tokens: dict[str, Any]) -> str:
+    def encode_tokens(self, tokens: dict[str, Any], *, job_id: str | None = None) -> str:
+        """The stored form of a job's tokens: JSON, encrypted if the store has a cipher
+        (bound to `job_id` when the cipher takes a context)."""
         text = codec.dumps(tokens, "tokens")
         if self.cipher is not None and tokens:
             try:
-                return ENCRYPTED_PREFIX + self.cipher.encrypt(text)
+                return ENCRYPTED_PREFIX + self.cipher.seal(
+                    text, self.cipher_context(job_id, TOKENS))
             except Exception as exc:
                 # Its text may quote what it was given: only its type is kept.
                 raise TokensUnwritable(
                     f"the cipher could not encrypt the tokens ({type(exc).__name__}); "
                     "nothing was written. Check the key and the role's permission to use "
-                    "it (e.g. kms:Encrypt / kms:GenerateDataKey).") from None
+                    "it (e.g. kms:GenerateDataKey).") from None
         return text
 
-    def _decrypt(self, text: str, *, what: str, job_id: str | None = None) -> str:
+    def cipher_context(self, job_id: str | None, kind: str) -> dict[str, str]:
+        """What a ciphertext is bound to: this table, the job, tokens or an effect result."""
+        if job_id is None and self.cipher is not None and self.cipher.context:
+            raise InvalidInput(f"encrypting {kind} with a context cipher needs the job id")
+        return {"table": self.table_name, "job_id": job_id or "", "kind": kind}
+
+    def _decrypt(self, text: str, *, what: str, job_id: str | None = None,
+                 kind: str = "tokens") -> str:
         """`text` as written: decrypted with the cipher if it was stored encrypted."""
         if not text.startswith(ENCRYPTED_PREFIX):
             return text
         if self.cipher is None:
             raise TokensUnreadable(
                 f"{what} is encrypted; create the JobStore with the same "
-                "cipher=jobstate.Cipher(encrypt, decrypt) that wrote it.", job_id=job_id)
+                "cipher=jobstate.Cipher(encrypt, decrypt) that wrote it (for the KMS "
+                "cipher: set JOBSTATE_KMS_KEY_ARN).", job_id=job_id)
         try:
-            return self.cipher.decrypt(text[len(ENCRYPTED_PREFIX):])
+            return self.cipher.open(text[len(ENCRYPTED_PREFIX):],
+                                    self.cipher_context(job_id, kind))
         except Exception as exc:
             raise TokensUnreadable(
                 f"the cipher could not decrypt {what} ({type(exc).__name__}); is it the one "
-                "that encrypted it?", job_id=job_id) from None
+                "that encrypted it, and was it written for this job and table?",
+                job_id=job_id) from None
 
     def decode_tokens(self, text: str | None, *, job_id: str | None = None) -> dict[str, Any]:
         if not text:
             return {}
-        text = self._decrypt(text, what=f"the tokens of job {job_id!r}", job_id=job_id)
+        text = self._decrypt(text, what=f"the tokens of job {job_id!r}", job_id=job_id,
+                             kind=TOKENS)
         value = codec.loads(text, {})
         return value if isinstance(value, dict) else {}
 
@@ -439,12 +459,12 @@ class JobStore:
         st = parse_status(status)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be an int from 1 to 1000, got {limit!r}")
-        starts = _decode_token(next_token)
         prefix = ""
         if job_type is not None:
             prefix = job_type + "#"
             if st is not None:
                 prefix += (st.value if st.terminal else ACTIVE) + "#"
+        starts = _decode_token(next_token, prefix)
         heads: list[tuple[str, dict[str, Any]]] = []
         exhausted: dict[str, bool] = {}
         for shard in range(schema.LIST_SHARDS):
@@ -1053,15 +1073,45 @@ def _encode_token(starts: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(starts, sort_keys=True).encode()).decode()
 
 
-def _decode_token(token: str | None) -> dict[str, Any]:
+MAX_TOKEN_CHARS = 8192  # a page's token: at most 8 start keys of ~400 bytes, base64
+
+
+def _decode_token(token: str | None, prefix: str = "") -> dict[str, Any]:
+    """The per-shard start keys of a `list` token, checked to be what `list` writes: a
+    crafted token must be refused here, not reach DynamoDB as an ExclusiveStartKey."""
     if token is None:
         return {}
+    bad = InvalidInput(
+        "next_token is not one this store returned for this listing; pass the "
+        "Page.next_token unchanged, with the same job type and status."
+    )
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise bad
     try:
         value = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-        if not isinstance(value, dict):
-            raise ValueError("not an object")
-        return value
-    except Exception:
-        raise InvalidInput(
-            "next_token is not one this store returned; pass the Page.next_token unchanged."
-        ) from None
+    except Exception:  # not base64, not UTF-8, not JSON, or nested too deeply
+        raise bad from None
+    if not isinstance(value, dict):
+        raise bad
+    shards = {f"L#{s}" for s in range(schema.LIST_SHARDS)}
+    for lk, start in value.items():
+        if lk not in shards:
+            raise bad
+        if start != "done" and not _start_key_ok(start, lk, prefix):
+            raise bad
+    return value
+
+
+def _start_key_ok(start: Any, lk: str, prefix: str) -> bool:
+    """A start key of the by-type index as `list` keeps it: a job item's keys, in this
+    shard, inside the listed type's (and status's) key range."""
+    if not isinstance(start, dict) or set(start) != {"pk", "sk", "lk", "ls"}:
+        return False
+    text = {}
+    for name, attr in start.items():
+        if not (isinstance(attr, dict) and set(attr) == {"S"} and isinstance(attr["S"], str)
+                and 0 < len(attr["S"]) <= 512):
+            return False
+        text[name] = attr["S"]
+    return (text["lk"] == lk and text["sk"] == schema.JOB_SK
+            and text["pk"].startswith(schema.job_pk("")) and text["ls"].startswith(prefix))

@@ -203,8 +203,65 @@ POLICY_DOCUMENT_TYPES = (
 )
 
 
+def resolve_conditions(cfn: dict[str, Any], values: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """A copy of `cfn` deployed with these parameter values (defaults and PARAMETERS
+    otherwise): each `Fn::If` replaced by its chosen branch, `AWS::NoValue` dropped."""
+    params = {k: v.get("Default") for k, v in (cfn.get("Parameters") or {}).items()}
+    params.update(PARAMETERS)
+    params.update(values or {})
+    conditions: dict[str, Any] = cfn.get("Conditions") or {}
+
+    def value(x: Any) -> Any:
+        if isinstance(x, dict) and set(x) == {"Ref"} and x["Ref"] in params:
+            return params[x["Ref"]]
+        if isinstance(x, str | int | float):
+            return x
+        raise ValueError(f"cannot evaluate {x!r} in a condition")
+
+    def holds(expr: Any) -> bool:
+        if isinstance(expr, dict) and len(expr) == 1:
+            (op, arg), = expr.items()
+            if op == "Fn::Equals":
+                return bool(value(arg[0]) == value(arg[1]))
+            if op == "Fn::Not":
+                return not holds(arg[0])
+            if op == "Fn::And":
+                return all(holds(a) for a in arg)
+            if op == "Fn::Or":
+                return any(holds(a) for a in arg)
+            if op == "Condition":
+                return holds(conditions[arg])
+        raise ValueError(f"cannot evaluate condition {expr!r}")
+
+    no_value = {"Ref": "AWS::NoValue"}
+
+    def walk(node: Any) -> Any:
+        """The node resolved; the node itself when nothing under it changes, so a
+        resolved template passes through as it is (and edits to it are seen)."""
+        if isinstance(node, dict):
+            if set(node) == {"Fn::If"}:
+                name, yes, no = node["Fn::If"]
+                return walk(yes if holds(conditions[name]) else no)
+            out = {k: walk(v) for k, v in node.items()}
+            if all(out[k] is v for k, v in node.items()) and no_value not in out.values():
+                return node
+            return {k: v for k, v in out.items() if v != no_value}
+        if isinstance(node, list):
+            items = [walk(v) for v in node]
+            if all(a is b for a, b in zip(items, node, strict=True)) and no_value not in items:
+                return node
+            return [w for w in items if w != no_value]
+        return node
+
+    resolved: dict[str, Any] = walk(cfn)
+    return resolved
+
+
 def iam_statements(cfn: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, statement) for every statement of every identity/resource policy."""
+    """(where, statement) for every statement of every identity/resource policy (of the
+    stack deployed with `cfn`'s parameter defaults, unless resolved before)."""
+    cfn = resolve_conditions(cfn)
     for lid, res in resources(cfn).items():
         p = res.get("Properties", {})
         docs: list[tuple[str, Any]] = []

@@ -42,6 +42,34 @@ def test_malformed_events_name_what_was_expected(app, store, event):
     assert scan(store) == []
 
 
+@pytest.mark.parametrize("extra", [
+    {"ancestors": ["x" * 100_000]},  # a key DynamoDB refuses (TYPE#<type> over 2 KB)
+    {"ancestors": ["t"] * 10_000},  # a pause check per ancestor
+    {"ancestors": ["bad type!"]},
+    {"ancestors": [["t"]]},
+    {"ancestors": "t"},
+    {"parent_type": "y" * 5_000},
+    {"parent_type": "a\n"},
+    {"job_type": "z" * 5_000},
+])
+def test_oversized_or_malformed_routing_fields_are_refused_before_any_request(
+        app, store, requests_log, extra):
+    """Issue 21: `ancestors` were only checked to be strings, so a huge one reached
+    botocore as a key (TYPE#<ancestor>) of the pause check and failed there, raw."""
+    @app.job("t")
+    def t(ctx: jobstate.StepContext) -> Any:
+        return None
+
+    app.start("t", job_id="j-anc")
+    before = scan(store)
+    requests_log.reset()
+    with pytest.raises(jobstate.InvalidEvent) as err:
+        app.handler({"jobstate": {"job_id": "j-anc", "step": 0, "job_type": "t", **extra}})
+    assert next(iter(extra)) in str(err.value) and len(str(err.value)) < 400
+    assert requests_log.ops == []  # refused before any request: nothing read or written
+    assert scan(store) == before
+
+
 def test_missing_job(app, store):
     @app.job("t")
     def t(ctx: jobstate.StepContext) -> Any:

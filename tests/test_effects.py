@@ -791,7 +791,7 @@ def test_encoded_state_and_updates_never_show_tokens_in_a_repr(store):
     from jobstate.dynamo import Update
     from jobstate.protocol import State
 
-    state = State.encode(store, {"offset": 1}, {"api": SECRET}, {"done": 0})
+    state = State.encode(store, {"offset": 1}, {"api": SECRET}, {"done": 0}, job_id="j")
     upd = Update().set("tokens", state.tokens)
     assert SECRET not in repr(state) and SECRET not in repr(upd)
     assert SECRET in state.tokens  # still stored, only never displayed

@@ -692,6 +692,22 @@ def test_a_parent_cancelled_while_it_spawns_withdraws_its_children_and_can_resum
     assert (done.pending_children or 0) == 0
 
 
+@pytest.mark.parametrize("function_id", ["FileProcessorFunction", "EtlPollerFunction",
+                                         "BatchMailerFunction"])
+def test_a_cancelled_spawn_is_withdrawn_under_each_worker_role(app, cont, store, clock,
+                                                               function_id):
+    """Issue 21: the withdrawal is a transaction with a ConditionCheck on the parent, which
+    needs dynamodb:ConditionCheckItem; under a role without it AWS refuses the whole
+    transaction and the children of the cancelled spawn run. Each worker's role from
+    template.yaml, enforced as AWS does, lets the withdrawal through."""
+    from iam_coverage import enforcing
+
+    with enforcing(function_id) as refused:
+        assert cancel_mid_spawn(app, cont, store, clock, "rw", 4)["outcome"] == "cancelled"
+    assert child_views(store, "rw", 0, 4) == []  # withdrawn: nothing left to run
+    assert refused == []
+
+
 def test_withdrawing_a_cancelled_spawn_leaves_a_child_that_already_ran(app, cont, store,
                                                                       clock):
     """The withdrawal's conditions: a child someone started anyway (no longer PENDING) is

@@ -87,9 +87,13 @@ some_types = mostly(st.sampled_from(["t", "state", "nope"]), bad_types)
 steps = mostly(st.integers(0, 3), st.one_of(
     st.integers(), st.integers(min_value=2**63), st.floats(), st.booleans(), any_text,
     st.none(), st.lists(st.integers(), max_size=2)))
+ancestor_lists = st.one_of(
+    st.lists(some_types, max_size=4), st.lists(st.just("t"), min_size=17, max_size=40),
+    st.lists(huge_text(), min_size=1, max_size=2), jsonish)
 bodies = st.fixed_dictionaries(
     {}, optional={"job_id": some_ids, "step": steps, "job_type": some_types,
-                  "parent_type": bad_types, "v": scalars, "start": jsonish},
+                  "parent_type": bad_types, "ancestors": ancestor_lists, "v": scalars,
+                  "start": jsonish},
 )
 step_events = st.fixed_dictionaries(
     {"job_id": some_ids, "step": steps}, optional={"job_type": some_types},

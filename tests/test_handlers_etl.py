@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aws_sinks import LambdaSink
 from iam_coverage import covers
 
 import jobstate
@@ -165,7 +166,9 @@ def test_a_failed_poll_never_puts_the_token_in_the_job_logs_or_the_api(
 ) -> None:
     import logging
 
-    from handlers.status_api import StatusApi
+    from status_requests import OPERATOR_GRANTS, url_event
+
+    from handlers.status_api import Grants, StatusApi
 
     class DropsFirstPoll(etl.FakeEtlApi):
         dropped = False
@@ -190,8 +193,9 @@ def test_a_failed_poll_never_puts_the_token_in_the_job_logs_or_the_api(
         [error] = [h.detail for h in jobstate_store.history(job_id)
                    if h.event == "retry_scheduled"]
         assert error and "EtlUnavailable" in error and "/jobs/..." in error
-        body = StatusApi(jobstate_store).handler(
-            {"rawPath": f"/jobs/{job_id}", "requestContext": {"http": {"method": "GET"}}})
+        body = StatusApi(jobstate_store, Grants.parse(OPERATOR_GRANTS)).handler(
+            url_event("GET", f"/jobs/{job_id}"))
+        assert body["statusCode"] == 200
         driver.run_until_done([job_id])
     assert jobstate_store.get(job_id).status is jobstate.JobStatus.SUCCEEDED
     for text in (error, body["body"], caplog.text):
@@ -216,3 +220,18 @@ def test_no_api_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ETL_API_URL", raising=False)
     with pytest.raises(etl.EtlError, match="ETL_API_URL"):
         etl.EtlClient()
+
+
+def test_a_start_request_invokes_its_own_function(
+        jobstate_store: jobstate.JobStore, jobstate_clock: jobstate.ManualClock) -> None:
+    """Step 0 of a job started through the handler is an asynchronous Invoke of the worker
+    itself (the template's InvokeSelf grant; the IAM coverage check sees it, with the
+    function's ARN). Later steps wait on the ETL API and are resumed by the sweeper."""
+    sink = LambdaSink()
+    cont = jobstate.LambdaContinuation("stack-etl-poller", client=sink.client)
+    poller, _, _ = make(jobstate_store, cont)  # type: ignore[arg-type]
+    poller.handler({"jobstate": {"start": {"job_type": etl.JOB_TYPE, "job_id": "etl-self",
+                                           "input": {"report": REPORT, "name": "daily"}}}},
+                   FakeLambdaContext(jobstate_clock))
+    [(name, event)] = sink.invokes
+    assert name == "stack-etl-poller" and event["jobstate"]["job_id"] == "etl-self"

@@ -14,11 +14,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iam_coverage import covers
+from aws_sinks import LambdaSink, Sink
+from iam_coverage import covers, enforcing
 
 import jobstate
 from handlers import batch_mailer as bm
-from jobstate.testing import Crash, Driver
+from jobstate.testing import Crash, Driver, FakeLambdaContext
 
 # The template must allow every AWS call this handler makes (tests/iam_coverage.py).
 iam = covers("BatchMailerFunction")
@@ -207,16 +208,54 @@ def test_bad_campaign_fails_before_spawning(
 
 
 def test_ses_mailer_sender_from_identity() -> None:
-    sent: list[dict[str, Any]] = []
-
-    class Client:
-        def send_email(self, **kw: Any) -> dict[str, str]:
-            sent.append(kw)
-            return {"MessageId": "ses-1"}
-
+    # A botocore SES v2 client answering in-process: the IAM coverage check sees the call.
+    ses = Sink("sesv2", SendEmail=lambda params: {"MessageId": "ses-1"})
     arn = "arn:aws:ses:us-east-1:123456789012:identity/example.com"
-    mailer = bm.SesMailer(arn, client=Client())
+    mailer = bm.SesMailer(arn, client=ses.client)
     assert mailer.send("a@b.c", "s", "b", key="weekly/1") == "ses-1"
+    sent = [params for _, params in ses.calls]
     assert sent[0]["FromEmailAddress"] == "no-reply@example.com"
     assert sent[0]["FromEmailAddressIdentityArn"] == arn
     assert sent[0]["EmailTags"] == [{"Name": "jobstate_key", "Value": "weekly_1"}]
+
+
+def test_a_spawn_invokes_its_own_function(
+        jobstate_store: jobstate.JobStore, jobstate_clock: jobstate.ManualClock) -> None:
+    """Chains start by an asynchronous Invoke of the mailer itself (the template's
+    InvokeSelf grant; the IAM coverage check sees it, with the function's ARN)."""
+    sink = LambdaSink()
+    cont = jobstate.LambdaContinuation("stack-batch-mailer", client=sink.client)
+    mailer_app, _ = make(jobstate_store, cont, jobstate_clock)  # type: ignore[arg-type]
+    start(mailer_app.app, "self-1", users=10, chains=2)
+    [(_, event)] = sink.invokes
+    mailer_app.handler(event, FakeLambdaContext(jobstate_clock))
+    assert [n for n, _ in sink.invokes] == ["stack-batch-mailer"] * 3  # start, 2 chains
+
+
+def test_a_campaign_cancelled_while_it_spawns_sends_no_mail_under_the_template_role(
+        jobstate_store: jobstate.JobStore, jobstate_continuation: jobstate.InMemoryContinuation,
+        jobstate_clock: jobstate.ManualClock) -> None:
+    """Issue 21: the mailer's role lacked dynamodb:ConditionCheckItem, so AWS refused the
+    withdrawal of a cancelled spawn, and the cancelled campaign's chains ran and sent
+    their mail. The step runs here under the role of template.yaml, enforced as AWS does."""
+    from jobstate import faults
+
+    mailer_app, mailer = make(jobstate_store, jobstate_continuation, jobstate_clock)
+    job_id = start(mailer_app.app, "cancel-1", users=20, chains=2)
+
+    def cancel_parent(name: str, info: dict[str, Any]) -> None:
+        if name == "before_commit" and info["job_id"] == job_id:
+            jobstate_store.cancel(job_id, "operator: wrong list")
+
+    [event] = jobstate_continuation.pop_all()
+    with enforcing("BatchMailerFunction") as refused, faults.installed(cancel_parent):
+        report = mailer_app.handler(event, FakeLambdaContext(jobstate_clock))
+    assert report["outcome"] == "cancelled"
+    driver = Driver(mailer_app.app, jobstate_continuation, jobstate_clock)
+    for _ in range(3):  # an hour of sweeps: nothing is left to run
+        jobstate_clock.advance(1200)
+        driver.sweep()
+        driver.run()
+    assert mailer.outbox == []
+    assert [j.job_id for j in jobstate_store.iter_jobs()] == [job_id]  # chains withdrawn
+    assert refused == []

@@ -18,6 +18,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from status_requests import OPERATOR_GRANTS, url_event
+
 import jobstate
 from jobstate import observe
 from jobstate.testing import Driver, FakeLambdaContext
@@ -254,16 +256,18 @@ def test_no_token_in_logs_metrics_or_operator_output(
     [etl_token] = api.jobs
 
     # Everything an operator sees: views, lists, history, effects, status API, sweeper.
-    api_http = status_api.StatusApi(jobstate_store)
+    api_http = status_api.StatusApi(jobstate_store,
+                                    status_api.Grants.parse(OPERATOR_GRANTS))
     for job in jobstate_store.iter_jobs():
         outputs += [json.dumps(job.to_dict()), repr(job), str(job)]
         outputs += [json.dumps([h.to_dict() for h in jobstate_store.history(job.job_id)])]
         outputs += [json.dumps(jobstate.list_effects(jobstate_store, job.job_id))]
-        resp = api_http.handler({"rawPath": f"/jobs/{job.job_id}",
-                                 "requestContext": {"http": {"method": "GET"}}})
+        resp = api_http.handler(url_event("GET", f"/jobs/{job.job_id}"))
+        assert resp["statusCode"] == 200
         outputs.append(resp["body"])
-    outputs.append(api_http.handler({"rawPath": "/jobs",
-                                     "requestContext": {"http": {"method": "GET"}}})["body"])
+    resp = api_http.handler(url_event("GET", "/jobs"))
+    assert resp["statusCode"] == 200
+    outputs.append(resp["body"])
     outputs.append(json.dumps(sweeper.run(jobstate_store, jobstate_continuation)))
     cli = pytest.importorskip("jobstate.cli").cli
     from click.testing import CliRunner

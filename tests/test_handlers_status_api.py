@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iam_coverage import covers
+from status_requests import OPERATOR, OPERATOR_GRANTS, url_event
 
 import jobstate
 from handlers import status_api
@@ -26,18 +27,9 @@ SECRET = "sk-live-7c1f0e-do-not-print"
 
 def request(api: status_api.StatusApi, method: str, path: str,
             query: dict[str, str] | None = None, body: Any = None,
-            b64: bool = False) -> tuple[int, dict[str, Any]]:
-    event: dict[str, Any] = {
-        "version": "2.0", "rawPath": path, "rawQueryString": "",
-        "requestContext": {"http": {"method": method, "path": path}},
-    }
-    if query is not None:
-        event["queryStringParameters"] = query
-    if body is not None:
-        raw = body if isinstance(body, str) else json.dumps(body)
-        event["body"] = base64.b64encode(raw.encode()).decode() if b64 else raw
-        event["isBase64Encoded"] = b64
-    resp = api.handler(event)
+            b64: bool = False, caller: str | None = OPERATOR) -> tuple[int, dict[str, Any]]:
+    resp = api.handler(url_event(method, path, caller=caller, query=query, body=body,
+                                 b64=b64))
     assert resp["headers"]["content-type"] == "application/json"
     assert "Traceback" not in resp["body"]
     return resp["statusCode"], json.loads(resp["body"])
@@ -72,7 +64,7 @@ def app(jobstate_store: jobstate.JobStore,
 
 @pytest.fixture
 def api(jobstate_store: jobstate.JobStore) -> status_api.StatusApi:
-    return status_api.StatusApi(jobstate_store)
+    return status_api.StatusApi(jobstate_store, status_api.Grants.parse(OPERATOR_GRANTS))
 
 
 def test_get_job_redacts_tokens(app: jobstate.App, api: status_api.StatusApi,
@@ -130,7 +122,8 @@ def test_cancel(app: jobstate.App, api: status_api.StatusApi,
     driver = Driver(app, jobstate_continuation, jobstate_clock)
     driver.step()
     code, body = request(api, "POST", f"/jobs/{job_id}/cancel", body={"reason": "runaway"})
-    assert code == 200 and body == {"job_id": job_id, "status": "CANCELLED", "cancelled": 4}
+    assert code == 200 and body == {"job_id": job_id, "status": "CANCELLED", "cancelled": 4,
+                                    "skipped": 0}
     view = app.store.get(job_id)
     assert view.status is jobstate.JobStatus.CANCELLED and view.error == "runaway"
     driver.run_until_done()  # the chains see the cancel at their next claim and stop
@@ -144,8 +137,8 @@ def test_cancel(app: jobstate.App, api: status_api.StatusApi,
 
 
 @pytest.mark.parametrize(("method", "path", "query", "body", "code", "fragment"), [
-    ("GET", "/jobs/nope", None, None, 404, "no job 'nope'"),
-    ("POST", "/jobs/nope/cancel", None, None, 404, "no job 'nope'"),
+    ("GET", "/jobs/nope", None, None, 404, "no job 'nope' that you may read"),
+    ("POST", "/jobs/nope/cancel", None, None, 404, "no job 'nope' that you may read"),
     ("GET", "/jobs/bad%20id", None, None, 400, "invalid job id"),
     ("GET", "/", None, None, 404, "no route"),
     ("GET", "/admin", None, None, 404, "no route"),
@@ -193,8 +186,7 @@ def test_unexpected_errors_hide_the_traceback(api: status_api.StatusApi,
     class Ctx:
         aws_request_id = "req-123"
 
-    resp = api.handler({"rawPath": "/jobs/a", "requestContext": {"http": {"method": "GET"}}},
-                       Ctx())
+    resp = api.handler(url_event("GET", "/jobs/a"), Ctx())
     assert resp["statusCode"] == 500
     assert json.loads(resp["body"]) == {"error": "internal error; see the function's logs",
                                         "request_id": "req-123"}
@@ -209,3 +201,223 @@ def test_store_unavailable_is_503(api: status_api.StatusApi,
     monkeypatch.setattr(api.store, "list", down)
     code, body = request(api, "GET", "/jobs")
     assert code == 503 and "throttling" in body["error"]
+
+
+# -- who may do what (issue 21: the API used to check nothing about the caller) ---------------
+
+SUPPORT = "arn:aws:sts::111122223333:assumed-role/support/bob"
+PARENTS = "arn:aws:iam::111122223333:user/parents"
+CHAINS = "arn:aws:iam::111122223333:user/chains"
+STRANGER = "arn:aws:iam::999999999999:user/mallory"
+GRANTS = [
+    *json.loads(OPERATOR_GRANTS),
+    {"principal": "arn:aws:sts::111122223333:assumed-role/support/*",
+     "read": ["secretive"], "list": ["secretive"]},
+    {"principal": PARENTS, "read": ["parent"], "list": ["parent"], "cancel": ["parent"]},
+    {"principal": [CHAINS], "read": ["chain"], "list": ["chain"], "cancel": ["chain"]},
+]
+
+
+@pytest.fixture
+def guarded(jobstate_store: jobstate.JobStore) -> status_api.StatusApi:
+    return status_api.StatusApi(jobstate_store, status_api.Grants.parse(json.dumps(GRANTS)))
+
+
+def snapshot(store: jobstate.JobStore) -> dict[str, tuple[str, int, str | None]]:
+    return {j.job_id: (j.status.value, j.step, j.error) for j in store.iter_jobs()}
+
+
+def spawned_parent(app: jobstate.App, cont: jobstate.InMemoryContinuation,
+                   clock: jobstate.ManualClock, job_id: str = "p-9") -> Driver:
+    app.start("parent", job_id=job_id)
+    driver = Driver(app, cont, clock)
+    driver.step()  # the parent spawns three chains and waits
+    return driver
+
+
+def test_a_reader_reads_and_lists_its_types_and_nothing_else(
+        app: jobstate.App, guarded: status_api.StatusApi,
+        jobstate_continuation: jobstate.InMemoryContinuation,
+        jobstate_clock: jobstate.ManualClock) -> None:
+    app.start("secretive", {"n": 1}, job_id="sec-r")
+    spawned_parent(app, jobstate_continuation, jobstate_clock)
+    code, body = request(guarded, "GET", "/jobs/sec-r", caller=SUPPORT)
+    assert code == 200 and body["job_id"] == "sec-r"
+    code, body = request(guarded, "GET", "/jobs", {"type": "secretive"}, caller=SUPPORT)
+    assert code == 200 and [j["job_id"] for j in body["jobs"]] == ["sec-r"]
+    # Another type's job answers exactly like a job that does not exist: no probing.
+    hidden = request(guarded, "GET", "/jobs/p-9", caller=SUPPORT)
+    missing = request(guarded, "GET", "/jobs/p-nope", caller=SUPPORT)
+    assert hidden[0] == missing[0] == 404
+    assert hidden[1]["error"].replace("p-9", "ID") == missing[1]["error"].replace("p-nope", "ID")
+    code, body = request(guarded, "GET", "/jobs", {"type": "parent"}, caller=SUPPORT)
+    assert code == 403 and "may not list jobs of type 'parent'" in body["error"]
+    code, body = request(guarded, "GET", "/jobs", caller=SUPPORT)  # every type at once
+    assert code == 403 and "one job type at a time" in body["error"]
+    before = snapshot(app.store)
+    code, body = request(guarded, "POST", "/jobs/sec-r/cancel", caller=SUPPORT)
+    assert code == 403 and body["error"].startswith(f"{SUPPORT} may not cancel")
+    assert snapshot(app.store) == before
+
+
+@pytest.mark.parametrize(("method", "path", "query"), [
+    ("GET", "/jobs/sec-s", None), ("GET", "/jobs", None), ("GET", "/jobs", {"type": "chain"}),
+    ("POST", "/jobs/sec-s/cancel", None), ("POST", "/jobs/nope/cancel", None),
+])
+def test_an_unknown_principal_is_refused_and_told_nothing(
+        app: jobstate.App, guarded: status_api.StatusApi, method: str, path: str,
+        query: dict[str, str] | None) -> None:
+    app.start("secretive", {"card": SECRET}, job_id="sec-s")
+    before = snapshot(app.store)
+    code, body = request(guarded, method, path, query, caller=STRANGER)
+    assert code == 403 and body["error"].startswith(f"{STRANGER} may not")
+    assert "JOBSTATE_STATUS_API_GRANTS" in body["error"]
+    for secret in (SECRET, "secretive", "111122223333", "jobstate-operators"):
+        assert secret not in json.dumps(body)  # no job data, no other principal
+    assert snapshot(app.store) == before
+
+
+def test_the_identity_comes_from_the_request_context_never_a_header(
+        app: jobstate.App, guarded: status_api.StatusApi) -> None:
+    app.start("secretive", job_id="sec-h")
+    spoofed = {"x-amz-user-arn": OPERATOR, "x-amzn-iam-userarn": OPERATOR,
+               "authorization": f"AWS4-HMAC-SHA256 Credential={OPERATOR}"}
+    resp = guarded.handler(url_event("GET", "/jobs/sec-h", caller=STRANGER, headers=spoofed))
+    assert resp["statusCode"] == 403
+    resp = guarded.handler(url_event("GET", "/jobs/sec-h", caller=None, headers=spoofed))
+    assert resp["statusCode"] == 403
+    assert "no IAM identity" in json.loads(resp["body"])["error"]
+    no_context = url_event("GET", "/jobs/sec-h")
+    del no_context["requestContext"]
+    assert guarded.handler(no_context)["statusCode"] == 400  # not a function URL request
+
+
+def test_nothing_is_allowed_without_grants(
+        app: jobstate.App, jobstate_store: jobstate.JobStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    app.start("secretive", job_id="sec-d")
+    monkeypatch.delenv(status_api.GRANTS_ENV, raising=False)
+    for method, path in (("GET", "/jobs/sec-d"), ("GET", "/jobs"),
+                         ("POST", "/jobs/sec-d/cancel")):
+        code, _ = request(status_api.StatusApi(jobstate_store), method, path)
+        assert code == 403
+    monkeypatch.setenv(status_api.GRANTS_ENV, OPERATOR_GRANTS)  # the template's parameter
+    assert request(status_api.StatusApi(jobstate_store), "GET", "/jobs/sec-d")[0] == 200
+
+
+def test_a_grant_for_one_type_shows_nothing_of_another_through_parent_or_children(
+        app: jobstate.App, guarded: status_api.StatusApi,
+        jobstate_continuation: jobstate.InMemoryContinuation,
+        jobstate_clock: jobstate.ManualClock) -> None:
+    spawned_parent(app, jobstate_continuation, jobstate_clock, "p-rel")
+    chain = "p-rel.s0.1"
+    code, full = request(guarded, "GET", "/jobs/p-rel")  # the operator sees the relations
+    assert full["rollup"]["total"] == 3
+    code, body = request(guarded, "GET", f"/jobs/{chain}")
+    assert body["parent_id"] == "p-rel"
+    code, body = request(guarded, "GET", "/jobs/p-rel", caller=PARENTS)
+    assert code == 200 and body["children_total"] == 3 and "rollup" not in body
+    code, body = request(guarded, "GET", f"/jobs/{chain}", caller=CHAINS)
+    assert code == 200 and body["parent_id"] is None
+    code, page = request(guarded, "GET", "/jobs", {"type": "chain"}, caller=CHAINS)
+    assert sorted(j["job_id"] for j in page["jobs"]) == [f"p-rel.s0.{i}" for i in range(3)]
+    assert all(j["parent_id"] is None for j in page["jobs"])
+    assert request(guarded, "GET", "/jobs/p-rel", caller=CHAINS)[0] == 404
+    assert request(guarded, "GET", f"/jobs/{chain}", caller=PARENTS)[0] == 404
+    # A child cancelled with its parent says so without naming it to a chains-only reader.
+    assert request(guarded, "POST", "/jobs/p-rel/cancel")[0] == 200
+    code, body = request(guarded, "GET", f"/jobs/{chain}", caller=CHAINS)
+    assert body["status"] == "CANCELLED" and "withheld" in body["error"]
+    assert app.store.get(chain).error == "parent p-rel cancelled"  # what the operator sees
+
+
+def test_a_tree_with_jobs_the_caller_may_not_cancel_is_not_cancelled_at_all(
+        app: jobstate.App, guarded: status_api.StatusApi,
+        jobstate_continuation: jobstate.InMemoryContinuation,
+        jobstate_clock: jobstate.ManualClock) -> None:
+    spawned_parent(app, jobstate_continuation, jobstate_clock, "p-tree")
+    before = snapshot(app.store)
+    code, body = request(guarded, "POST", "/jobs/p-tree/cancel", caller=PARENTS)
+    assert code == 403
+    assert body["error"] == (f"job 'p-tree' has 3 unfinished descendant(s) {PARENTS} may not "
+                             "cancel; nothing was cancelled")
+    assert snapshot(app.store) == before
+    # Chains-only: the parent is not theirs to see; a chain is (a leaf: it joins its parent).
+    assert request(guarded, "POST", "/jobs/p-tree/cancel", caller=CHAINS)[0] == 404
+    code, body = request(guarded, "POST", "/jobs/p-tree.s0.0/cancel", caller=CHAINS)
+    assert code == 200 and body["cancelled"] == 1
+    assert app.store.get("p-tree").pending_children == 2  # the cancelled chain joined
+    assert app.store.get("p-tree").status is jobstate.JobStatus.WAITING
+
+
+def test_a_job_spawned_after_the_check_is_left_to_whoever_may_cancel_it(
+        app: jobstate.App, jobstate_store: jobstate.JobStore,
+        jobstate_continuation: jobstate.InMemoryContinuation,
+        jobstate_clock: jobstate.ManualClock) -> None:
+    """The tree is checked, then cancelled job by job with the check repeated: a job of a
+    type the caller may not cancel that appeared in between is skipped, not cancelled."""
+    spawned_parent(app, jobstate_continuation, jobstate_clock, "p-race")
+    root = jobstate_store.get("p-race")
+    count, skipped = status_api.cancel_tree(jobstate_store, root, "stop",
+                                            lambda j: j.job_type == "parent")
+    assert (count, skipped) == (1, 3)
+    assert {jobstate_store.get(f"p-race.s0.{i}").status for i in range(3)} == {
+        jobstate.JobStatus.PENDING}
+
+
+@pytest.mark.parametrize(("doc", "fragment"), [
+    ("{not json", "is not JSON"),
+    ('{"principal": "arn:aws:iam::1:user/a"}', "must be a JSON list"),
+    ('[{"principal": "*", "read": ["*"]}]', "must be an IAM ARN pattern"),
+    ('[{"read": ["*"]}]', "must be an IAM ARN pattern"),
+    ('[{"principal": "arn:aws:iam::1:user/a", "cancle": ["x"]}]', "unknown key(s) ['cancle']"),
+    ('[{"principal": "arn:aws:iam::1:user/a", "read": "etl-poller"}]', "must be a list"),
+    ('[{"principal": "arn:aws:iam::1:user/a", "read": ["bad type!"]}]', "invalid job type"),
+])
+def test_invalid_grants_refuse_every_request_and_say_why_in_the_log(
+        jobstate_store: jobstate.JobStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, doc: str, fragment: str) -> None:
+    with pytest.raises(status_api.GrantsInvalid, match=re.escape(fragment)):
+        status_api.Grants.parse(doc)
+    monkeypatch.setenv(status_api.GRANTS_ENV, doc)
+    code, body = request(status_api.StatusApi(jobstate_store), "GET", "/jobs")
+    assert code == 500 and "grants are invalid" in body["error"]
+    assert fragment in caplog.text
+
+
+def test_principal_patterns_match_whole_arns() -> None:
+    grants = status_api.Grants.parse(json.dumps([
+        {"principal": "arn:aws:sts::111122223333:assumed-role/support/*", "read": ["a"]},
+        {"principal": "arn:aws:iam::111122223333:user/ops.team", "cancel": ["*"]}]))
+    assert grants.allows(SUPPORT, "read", "a")
+    assert not grants.allows(SUPPORT, "read", "b")
+    assert not grants.allows("arn:aws:sts::111122223333:assumed-role/support-admin/x",
+                             "read", "a")
+    assert not grants.allows("arn:aws:sts::111122223333:assumed-role/support", "read", "a")
+    assert not grants.allows("arn:aws:iam::111122223333:user/opsXteam", "cancel", "a")
+    assert grants.allows("arn:aws:iam::111122223333:user/ops.team", "cancel", "any-type")
+    assert not grants.allows("arn:aws:iam::111122223333:user/ops.team", "read", "a")
+
+
+def test_a_parents_error_quoting_a_child_it_may_not_read_is_withheld(
+        app: jobstate.App, jobstate_store: jobstate.JobStore,
+        jobstate_continuation: jobstate.InMemoryContinuation,
+        jobstate_clock: jobstate.ManualClock) -> None:
+    @app.job("brittle")
+    def brittle(ctx: jobstate.StepContext) -> Any:
+        ctx.spawn("card-check", [{"card": "4111"}], child_ids=["cc-hidden-1"])
+        return ctx.complete()
+
+    @app.job("card-check")
+    def card_check(ctx: jobstate.StepContext) -> Any:
+        return ctx.fail("card 4111 declined")
+
+    app.start("brittle", job_id="br-1")
+    Driver(app, jobstate_continuation, jobstate_clock).run_until_done()
+    assert "cc-hidden-1" in (jobstate_store.get("br-1").error or "")  # the operator's view
+    grants = status_api.Grants.parse(json.dumps(
+        [{"principal": PARENTS, "read": ["brittle"]}]))
+    code, body = request(status_api.StatusApi(jobstate_store, grants), "GET", "/jobs/br-1",
+                         caller=PARENTS)
+    assert code == 200 and body["status"] == "FAILED" and body["error_type"] == "ChildFailed"
+    assert "cc-hidden-1" not in json.dumps(body) and "4111" not in json.dumps(body)

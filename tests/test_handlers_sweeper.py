@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aws_sinks import LambdaSink
 from iam_coverage import covers
 
 import jobstate
@@ -28,7 +28,7 @@ ROUTES = {"file-processor": "stack-file-processor", "etl-poller": "stack-etl-pol
 def app(jobstate_store: jobstate.JobStore,
         jobstate_continuation: jobstate.InMemoryContinuation) -> jobstate.App:
     app = jobstate.App(jobstate_store, jobstate_continuation)
-    for name in ("file-processor", "etl-poller", "mystery"):
+    for name in ("file-processor", "etl-poller", "batch-mailer-chain", "mystery"):
         app.job(name)(lambda ctx: ctx.complete())
     return app
 
@@ -58,37 +58,29 @@ def test_lost_continuations_are_redispatched_with_in_memory_continuation(
     assert all(app.store.get(i).status is jobstate.JobStatus.SUCCEEDED for i in ids)
 
 
-class StubLambda:
-    def __init__(self) -> None:
-        self.invokes: list[tuple[str, dict[str, Any]]] = []
-
-    def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:
-        assert InvocationType == "Event"
-        self.invokes.append((FunctionName, json.loads(Payload)))
-        return {"StatusCode": 202}
-
-
 def test_routes_by_job_type_and_never_to_itself(
     app: jobstate.App, jobstate_continuation: jobstate.InMemoryContinuation,
     jobstate_clock: jobstate.ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     lose_starts(app, jobstate_continuation, 1, "etl-poller")
     lose_starts(app, jobstate_continuation, 1, "file-processor")
+    lose_starts(app, jobstate_continuation, 1, "batch-mailer-chain")
     lose_starts(app, jobstate_continuation, 1, "mystery")
     jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "stack-sweeper")
-    stub = StubLambda()
-    cont = sweeper.RoutedContinuation(ROUTES, client=stub)  # no default function
+    stub = LambdaSink()  # a botocore client: the IAM coverage check sees each invoke
+    cont = sweeper.RoutedContinuation(ROUTES, client=stub.client)  # no default function
     counts = sweeper.run(app.store, cont, FakeLambdaContext(jobstate_clock))
     targets = sorted((name, e["jobstate"]["job_type"]) for name, e in stub.invokes)
-    assert targets == [("stack-etl-poller", "etl-poller"),
+    assert targets == [("stack-batch-mailer", "batch-mailer-chain"),
+                       ("stack-etl-poller", "etl-poller"),
                        ("stack-file-processor", "file-processor")]
-    assert counts["dispatched"] == 2 and counts["dispatch_errors"] == 1  # "mystery" stays due
+    assert counts["dispatched"] == 3 and counts["dispatch_errors"] == 1  # "mystery" stays due
     assert "no function for job type 'mystery'" in counts["first_dispatch_error"]
     # With a default, the unmapped type goes there (never to the sweeper itself).
     jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
-    cont = sweeper.RoutedContinuation(ROUTES, "stack-file-processor", client=stub)
-    stub.invokes.clear()
+    cont = sweeper.RoutedContinuation(ROUTES, "stack-file-processor", client=stub.client)
+    stub.clear()
     sweeper.run(app.store, cont)
     assert ("stack-file-processor", "mystery") in [
         (n, e["jobstate"]["job_type"]) for n, e in stub.invokes]
@@ -127,12 +119,12 @@ def test_handler_reads_env_and_returns_counts(
 ) -> None:
     lose_starts(app, jobstate_continuation, 2)
     jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
-    stub = StubLambda()
+    stub = LambdaSink()
     monkeypatch.setenv("JOBSTATE_FUNCTIONS", json.dumps(ROUTES))
     monkeypatch.setenv("JOBSTATE_EMF", "1")
     monkeypatch.setattr(sweeper, "_store", lambda: app.store)
     monkeypatch.setattr(sweeper, "_continuation",
-                        lambda: sweeper.RoutedContinuation.from_env(client=stub))
+                        lambda: sweeper.RoutedContinuation.from_env(client=stub.client))
     counts = sweeper.handler({"source": "aws.events"}, FakeLambdaContext(jobstate_clock))
     assert counts["dispatched"] == 2
     assert {n for n, _ in stub.invokes} == {"stack-etl-poller"}
