@@ -34,7 +34,7 @@ from urllib.parse import unquote
 
 import jobstate
 from jobstate import observe
-from jobstate.fanout import child_ids_of  # the ids of a job's latest spawn (a read helper)
+from jobstate.records import child_ids_of  # the ids of a job's latest spawn (a read helper)
 
 log = logging.getLogger("handlers.status_api")
 

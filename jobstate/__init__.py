@@ -5,12 +5,11 @@ The names in `__all__` are the supported API; every other module is internal.
 
 from __future__ import annotations
 
-from .app import App, JobSpec, StepReport, step_event
+from .app import App, JobSpec, StepReport
 from .clock import Clock, ManualClock, SystemClock
 from .codec import Cipher, stable_id
 from .context import Completed, Failed, PollTimedOut, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
-from .effects import list_effects, mark_effect
 from .errors import (
     ConfigurationError,
     DispatchFailed,
@@ -35,10 +34,12 @@ from .errors import (
     TokensUnwritable,
     UnknownJobType,
 )
+from .events import step_event
 from .fanout import ChildView, cancel_tree, chain_ranges, rollup
+from .fxrecords import list_effects, mark_effect
 from .records import HistoryEntry, JobView, Page, Progress
 from .retry import RetryPolicy
-from .status import NOT_DONE, ClaimOutcome, JobStatus, Semantics
+from .status import NOT_DONE, ClaimOutcome, JobStatus, Semantics, StepOutcome
 from .store import JobStore, Limits
 from .sweeper import SweepReport, sweep
 
@@ -86,6 +87,7 @@ __all__ = [
     "StateNotSerializable",
     "StateTooLarge",
     "StepContext",
+    "StepOutcome",
     "StepReport",
     "StoreUnavailable",
     "SweepReport",

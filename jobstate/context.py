@@ -6,24 +6,22 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tenacity
 from tenacity.wait import wait_base
 
-from . import codec, protocol, redact
+from . import codec, fanout, redact, transitions
 from .effects import Effects
 from .errors import InvalidInput, JobStateError
-from .protocol import Lease, State
+from .fanout import ChildView
+from .lease import Lease, State
 from .records import JobView, Progress
 from .retry import tenacity_delay_ms
 from .signals import Suspend
 from .status import Semantics
-from .store import JobStore
+from .store import JobStore, Limits
 from .timebudget import TimeBudget
-
-if TYPE_CHECKING:
-    from .fanout import ChildView
 
 log = logging.getLogger("jobstate")
 
@@ -76,7 +74,7 @@ class StepContext:
         self._budget = budget
         self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms)
         self.lambda_context = lambda_context
-        self._specs = dict(specs or {})
+        self._limits = {name: spec.limits for name, spec in (specs or {}).items()}
         self.job_id: str = job.job_id
         self.job_type: str = job.job_type
         self.step: int = lease.step
@@ -134,17 +132,22 @@ class StepContext:
     def current_progress(self) -> Progress:
         return self._progress
 
+    @property
+    def input_json(self) -> str:
+        """The job's input as stored (JSON), for the state budget."""
+        if self._input_json is None:
+            self._input_json = codec.dumps(self.input, "input")
+        return self._input_json
+
     def encoded_state(self) -> State:
         state = State.encode(self._store, self.cursor, self.tokens, self._progress.to_dict(),
                              job_id=self._lease.job_id)
-        if self._input_json is None:
-            self._input_json = codec.dumps(self.input, "input")
-        state.check(input_json=self._input_json)
+        state.check(input_json=self.input_json)
         return state
 
     def checkpoint(self) -> None:
         """Persist cursor, tokens and progress now (fenced by this step's lease)."""
-        protocol.checkpoint(self._store, self._lease, self.encoded_state())
+        transitions.checkpoint(self._store, self._lease, self.encoded_state())
 
     # -- endings -------------------------------------------------------------------------
 
@@ -240,7 +243,7 @@ class StepContext:
         **kwargs: Any,
     ) -> Any:
         """Run the side effect `fn(*args, **kwargs)` once for this job under `key`."""
-        return self._effects.once(key, fn, args, kwargs, semantics, reconcile)
+        return self._effects.once(key, (fn, args, kwargs), semantics, reconcile)
 
     def once_batch(
         self,
@@ -269,28 +272,24 @@ class StepContext:
         Children get deterministic ids (parent id + index), so a re-run spawn creates
         nothing new. When all have finished, the next step runs; see `children()`.
         """
-        from .fanout import spawn
-
-        spawn(self, job_type, list(inputs), max_concurrency=max_concurrency,
-              child_ids=child_ids, on_child_failure=on_child_failure)
+        fanout.spawn(self._store, self._lease, job_type, list(inputs),
+                     limits=self._limits.get(job_type, Limits()),
+                     max_concurrency=max_concurrency, child_ids=child_ids,
+                     on_child_failure=on_child_failure)
 
     def spawn_chains(self, job_type: str, *, total: int, chains: int,
                      extra: Mapping[str, Any] | None = None,
                      max_concurrency: int | None = None,
                      on_child_failure: str = "fail") -> None:
         """Split [0, total) into `chains` contiguous ranges, one child job each."""
-        from .fanout import chain_ranges
-
         inputs = [{"start": a, "end": b, **dict(extra or {})}
-                  for a, b in chain_ranges(total, chains)]
+                  for a, b in fanout.chain_ranges(total, chains)]
         self.spawn(job_type, inputs, max_concurrency=max_concurrency,
                    on_child_failure=on_child_failure)
 
     def children(self) -> list[ChildView]:
         """The children of this job that have finished, with status and result."""
-        from .fanout import children
-
-        return children(self._store, self.job_id)
+        return fanout.children(self._store, self.job_id)
 
     # -- internals for the runtime -------------------------------------------------------
 

@@ -1,7 +1,13 @@
-"""Low-level DynamoDB helpers: attribute values, error codes, update-expression building."""
+"""DynamoDB primitives: attribute values, error codes, expressions, refusals, paging.
+
+A refused conditional write is a value here, not a botocore error to pick apart: `Refused`
+carries the item the condition saw (ReturnValuesOnConditionCheckFailure=ALL_OLD), and
+`TransactionRefused` says which actions of a transaction were refused, with their items.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +16,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TRANSACTION_CANCELLED = "TransactionCanceledException"
 CANCELLED_BY_CONDITION = "ConditionalCheckFailed"  # a cancellation reason's code
+TRANSACTION_CONFLICT = "TransactionConflict"
 NOT_FOUND = "ResourceNotFoundException"
 THROTTLE_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
+
+Item = dict[str, Any]  # a raw DynamoDB item: attribute name -> attribute value
 
 
 def av(value: Any) -> dict[str, Any]:
@@ -42,20 +51,6 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
-def old_item(exc: BaseException) -> dict[str, Any] | None:
-    """The item returned by ReturnValuesOnConditionCheckFailure=ALL_OLD, if any."""
-    if isinstance(exc, ClientError):
-        item: Any = exc.response.get("Item")  # present with ALL_OLD, absent from the stubs
-        return dict(item) if item else None
-    return None
-
-
-def cancellation_codes(exc: BaseException) -> list[str]:
-    if isinstance(exc, ClientError):
-        return [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
-    return []
-
-
 def is_transient(exc: BaseException) -> bool:
     code = error_code(exc)
     if code in THROTTLE_CODES or code in {"InternalServerError", "ServiceUnavailable"}:
@@ -63,9 +58,82 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, BotoCoreError)
 
 
+def is_conflict(exc: ClientError) -> bool:
+    """A transaction cancelled because another one was using an item (not a condition)."""
+    if error_code(exc) != TRANSACTION_CANCELLED:
+        return False
+    reasons = exc.response.get("CancellationReasons") or []
+    return any(r.get("Code") == TRANSACTION_CONFLICT for r in reasons)
+
+
+class Refused(Exception):
+    """A conditional write was refused; `old` is the item its condition saw (None when
+    the item does not exist, or an engine that does not return it)."""
+
+    def __init__(self, old: Item | None) -> None:
+        super().__init__("the condition of a write was not met")
+        self.old = old
+
+
+class TransactionRefused(Exception):
+    """A transaction was refused by the conditions of some of its actions: `parts` maps
+    each refused action's index to the item its condition saw (None when absent)."""
+
+    def __init__(self, parts: dict[int, Item | None]) -> None:
+        super().__init__(f"transaction refused by actions {sorted(parts)}")
+        self.parts = parts
+
+
+def refused(exc: ClientError) -> Refused | None:
+    """The refusal in a failed conditional write, or None if it failed otherwise."""
+    if error_code(exc) != CONDITION_FAILED:
+        return None
+    item: Any = exc.response.get("Item")  # present with ALL_OLD, absent from the stubs
+    return Refused(dict(item) if item else None)
+
+
+def transaction_refused(exc: ClientError) -> TransactionRefused | None:
+    """Which actions' conditions refused a transaction, or None if it failed otherwise
+    (or the engine did not say which)."""
+    if error_code(exc) != TRANSACTION_CANCELLED:
+        return None
+    reasons = exc.response.get("CancellationReasons") or []
+    parts: dict[int, Item | None] = {}
+    for i, reason in enumerate(reasons):
+        code = reason.get("Code")
+        if code in (CANCELLED_BY_CONDITION, CONDITION_FAILED):
+            item = reason.get("Item")
+            parts[i] = dict(item) if item else None
+        elif code not in ("None", None):
+            return None  # a conflict, a validation error...: not a refusal
+    return TransactionRefused(parts) if parts else None
+
+
+def pages(fetch: Callable[[Item | None], Mapping[str, Any]]) -> Iterator[Item]:
+    """Every item of a paged Query/Scan: `fetch(start_key)` returns one page."""
+    start: Item | None = None
+    while True:
+        resp = fetch(start)
+        for item in resp.get("Items", []):
+            yield dict(item)
+        start = resp.get("LastEvaluatedKey")
+        if not start:
+            return
+
+
+def start_at(start: Item | None) -> dict[str, Any]:
+    """The `ExclusiveStartKey` keyword of a page fetch (none on the first page)."""
+    return {"ExclusiveStartKey": start} if start else {}
+
+
 @dataclass
 class Update:
-    """Builds one UpdateExpression with placeholder names and values."""
+    """One UpdateExpression (or a bare condition) with placeholder names and values.
+
+    Attribute names always go through placeholders (`n`), values through `v`; conditions
+    are written with them (`upd.where(f"{upd.n(A)} = {upd.v(x)}")`) or with the helpers
+    (`eq`, `absent_or`, `in_`).
+    """
 
     sets: list[str] = field(default_factory=list)
     removes: list[str] = field(default_factory=list)
@@ -74,23 +142,28 @@ class Update:
     # The values carry user state and tokens: never in a repr (tracebacks, debuggers).
     values: dict[str, Any] = field(default_factory=dict, repr=False)
     conditions: list[str] = field(default_factory=list)
+    _name_of: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def name(self, attr: str) -> str:
-        ph = f"#{attr}"
-        self.names[ph] = attr
+    def n(self, attr: str) -> str:
+        """The placeholder of attribute `attr`."""
+        ph = self._name_of.get(attr)
+        if ph is None:
+            ph = self._name_of[attr] = f"#{len(self._name_of)}"
+            self.names[ph] = attr
         return ph
 
-    def value(self, key: str, value: Any) -> str:
-        ph = f":{key}"
+    def v(self, value: Any) -> str:
+        """A placeholder holding `value`."""
+        ph = f":{len(self.values)}"
         self.values[ph] = av(value)
         return ph
 
     def set(self, attr: str, value: Any) -> Update:
-        self.sets.append(f"{self.name(attr)} = {self.value('v_' + attr, value)}")
+        self.sets.append(f"{self.n(attr)} = {self.v(value)}")
         return self
 
     def set_expr(self, attr: str, expr: str) -> Update:
-        self.sets.append(f"{self.name(attr)} = {expr}")
+        self.sets.append(f"{self.n(attr)} = {expr}")
         return self
 
     def set_opt(self, attr: str, value: Any | None) -> Update:
@@ -98,18 +171,38 @@ class Update:
         return self.set(attr, value) if value is not None else self.remove(attr)
 
     def remove(self, *attrs: str) -> Update:
-        self.removes.extend(self.name(a) for a in attrs)
+        self.removes.extend(self.n(a) for a in attrs)
         return self
 
     def add(self, attr: str, amount: int) -> Update:
-        self.adds.append(f"{self.name(attr)} {self.value('a_' + attr, amount)}")
+        self.adds.append(f"{self.n(attr)} {self.v(amount)}")
         return self
 
-    def where(self, condition: str) -> Update:
-        self.conditions.append(condition)
+    def where(self, *conditions: str) -> Update:
+        self.conditions.extend(conditions)
         return self
+
+    # -- condition helpers (each returns the condition's text) --------------------------
+
+    def eq(self, attr: str, value: Any) -> str:
+        return f"{self.n(attr)} = {self.v(value)}"
+
+    def exists(self, attr: str) -> str:
+        return f"attribute_exists({self.n(attr)})"
+
+    def absent(self, attr: str) -> str:
+        return f"attribute_not_exists({self.n(attr)})"
+
+    def absent_or(self, attr: str, op: str, value: Any) -> str:
+        """The attribute is absent, or compares to `value` with `op` (`<`, `<=`, ...)."""
+        name = self.n(attr)
+        return f"attribute_not_exists({name}) OR {name} {op} {self.v(value)}"
+
+    def in_(self, attr: str, values: list[Any]) -> str:
+        return f"{self.n(attr)} IN ({', '.join(self.v(x) for x in values)})"
 
     def kwargs(self) -> dict[str, Any]:
+        """The request keywords: UpdateExpression (if any), ConditionExpression, maps."""
         parts = []
         if self.sets:
             parts.append("SET " + ", ".join(self.sets))
@@ -117,11 +210,23 @@ class Update:
             parts.append("REMOVE " + ", ".join(self.removes))
         if self.adds:
             parts.append("ADD " + ", ".join(self.adds))
-        out: dict[str, Any] = {"UpdateExpression": " ".join(parts)}
+        out: dict[str, Any] = {}
+        if parts:
+            out["UpdateExpression"] = " ".join(parts)
         if self.conditions:
-            out["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
+            # Each part in parentheses when there are several (a part may hold an OR);
+            # none around a lone one (DynamoDB refuses redundant parentheses).
+            out["ConditionExpression"] = " AND ".join(
+                c if len(self.conditions) == 1 else f"({c})" for c in self.conditions)
         if self.names:
             out["ExpressionAttributeNames"] = dict(self.names)
         if self.values:
             out["ExpressionAttributeValues"] = dict(self.values)
         return out
+
+
+def condition(build: Callable[[Update], str]) -> dict[str, Any]:
+    """The keywords of a bare condition (a put, a delete, a ConditionCheck)."""
+    upd = Update()
+    upd.where(build(upd))
+    return upd.kwargs()

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import extras
 from .codec import Cipher
+from .errors import InvalidInput
 
 INSTALL = "pip install 'jobstate[kms]'"
 KEY_ENV = "JOBSTATE_KMS_KEY_ARN"
@@ -98,8 +99,6 @@ def kms_cipher(key_arn: str, *, botocore_session: Any = None,
     encrypt, kms:Decrypt on decrypt, both with the encryption context). With
     `cache_max_age_s=0` nothing is cached: one KMS request per encryption and decryption."""
     if not isinstance(key_arn, str) or not key_arn.startswith("arn:") or ":kms:" not in key_arn:
-        from .errors import InvalidInput
-
         raise InvalidInput(f"a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID) is needed, got "
                            f"{key_arn!r:.80}; set {KEY_ENV} to the stack's KmsKeyArn.")
     sdk = _sdk()
@@ -116,8 +115,6 @@ def local_cipher(key: bytes, *, key_id: str = "local",
     """A Cipher with a raw AES-256 wrapping key held by the process (tests, the local
     runtime): the same messages as the KMS cipher, without KMS."""
     if not isinstance(key, bytes) or len(key) != 32:
-        from .errors import InvalidInput
-
         raise InvalidInput("local_cipher needs a 32-byte AES-256 key, e.g. os.urandom(32).")
     return EnvelopeCipher(_raw_provider(key, key_id), cache_max_age_s=cache_max_age_s).cipher()
 

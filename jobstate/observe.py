@@ -28,26 +28,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from .status import StepOutcome
+
 log = logging.getLogger("jobstate")
 
 NAMESPACE = os.environ.get("JOBSTATE_METRICS_NAMESPACE", "jobstate")
 STEP_DURATION = "StepDuration"
 METRIC_NAMES = {
-    "claimed": "Steps",
-    "takeover": "Takeovers",
-    "duplicate": "Duplicates",
-    "in_flight": "InFlight",
-    "not_yet": "NotYet",
-    "paused": "Paused",
-    "committed": "Commits",
-    "waiting": "Waits",
-    "completed": "JobsSucceeded",
-    "failed": "JobsFailed",
-    "cancelled": "JobsCancelled",
-    "retry_scheduled": "Retries",
-    "lease_lost": "LeasesLost",
+    StepOutcome.CLAIMED: "Steps",
+    StepOutcome.TAKEOVER: "Takeovers",
+    StepOutcome.DUPLICATE: "Duplicates",
+    StepOutcome.IN_FLIGHT: "InFlight",
+    StepOutcome.NOT_YET: "NotYet",
+    StepOutcome.PAUSED: "Paused",
+    StepOutcome.COMMITTED: "Commits",
+    StepOutcome.WAITING: "Waits",
+    StepOutcome.COMPLETED: "JobsSucceeded",
+    StepOutcome.FAILED: "JobsFailed",
+    StepOutcome.CANCELLED: "JobsCancelled",
+    StepOutcome.RETRY_SCHEDULED: "Retries",
+    StepOutcome.DEFERRED: "Deferrals",
+    StepOutcome.LEASE_LOST: "LeasesLost",
+    StepOutcome.STARTED: "JobsStarted",
     "dispatch_failed": "DispatchFailures",
-    "started": "JobsStarted",
     "effect": "Effects",
 }
 """Log outcome -> EMF metric name. Outcomes not listed are logged but not counted."""

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import redact
+from . import codec, redact
+from .items import JobItem
 from .status import JobStatus
 
 
@@ -168,3 +169,55 @@ class Page:
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+
+# -- derived from a job record ---------------------------------------------------------------
+
+
+def job_view(item: JobItem, tokens: dict[str, Any]) -> JobView:
+    """The public view of a job item (`tokens` decoded, or redacted, by the store)."""
+    prog = codec.loads(item.progress, {}) or {}
+    return JobView(
+        job_id=item.job_id, job_type=item.job_type, status=item.status, step=item.step,
+        input=codec.loads(item.input), cursor=codec.loads(item.cursor, {}) or {},
+        tokens=tokens,
+        progress=Progress(prog.get("done", 0), prog.get("total"), prog.get("unit")),
+        result=codec.loads(item.result), error=item.error, error_type=item.error_type,
+        attempt=item.attempt, max_attempts=item.max_attempts, max_steps=item.max_steps,
+        deadline_at=item.deadline_at, lease_owner=item.lease_owner,
+        lease_expires_at=item.lease_expires_at, not_before=item.not_before,
+        due_at=item.due_at, wait_reason=item.wait_reason, parent_id=item.parent_id,
+        pending_children=item.pending, children_total=item.children_total,
+        created_at=item.created_at, updated_at=item.updated_at,
+        invocations=item.invocations, takeovers=item.takeovers, retries=item.retries,
+        run_ms=item.run_ms, expires_at=item.expires_at, history_on=item.history_on,
+        child_index=item.child_index, release_id=item.release_id,
+        parent_type=item.parent_type, ancestors=ancestors_of(item),
+        spawn_step=item.spawn_step, child_type=item.child_type,
+        child_policy=item.child_policy, child_ids=codec.loads(item.child_ids),
+    )
+
+
+def ancestors_of(item: JobItem) -> tuple[str, ...]:
+    """The job types above a job, root first (older items name only their parent's)."""
+    value = codec.loads(item.ancestors, None)
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return tuple(value)
+    return (item.parent_type,) if item.parent_type else ()
+
+
+def child_id(parent_id: str, step: int, index: int) -> str:
+    """The deterministic id of a spawn's `index`-th child (a re-run spawn makes no new)."""
+    cid = f"{parent_id}.s{step}.{index}"
+    if len(cid) > 200:
+        cid = f"{codec.stable_id(parent_id)}.s{step}.{index}"
+    return cid
+
+
+def child_ids_of(job: JobView) -> list[str]:
+    """The ids of the job's latest spawn's children."""
+    if job.spawn_step is None or not job.children_total:
+        return []
+    if job.child_ids:
+        return list(job.child_ids)
+    return [child_id(job.job_id, job.spawn_step, i) for i in range(job.children_total)]

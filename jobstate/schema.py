@@ -1,16 +1,18 @@
-"""The single-table layout, declared once as PynamoDB models.
+"""The single-table layout: item kinds, key shapes, attribute names, indexes.
 
-Item kinds share one table (`pk`, `sk`); the key prefixes are the contract:
+Every attribute name and key shape is declared here once; the rest of the package refers
+to them by these names. Item kinds share one table (`pk`, `sk`); the key prefixes are the
+contract:
 
 - job          pk=JOB#<job_id>      sk=JOB
-- step history pk=JOB#<job_id>      sk=STEP#<step:09d>#<time>#<owner>
+- step history pk=JOB#<job_id>      sk=STEP#<step:09d>#<time>#<owner>#<event>
 - effect       pk=JOB#<job_id>      sk=FX#<key>
 - child link   pk=JOB#<parent_id>   sk=CHILD#<child_id>
 - control      pk=TYPE#<job_type>   sk=CONTROL
 
 Two sharded GSIs: `by-type` (keys only; written on status changes only, so a running
-step does not pay for it) and the sparse `due` index the sweeper queries.
-Models are built per store (`build_models`), so one process can talk to several tables.
+step does not pay for it) and the sparse `due` index the sweeper queries. The table is
+declared as a PynamoDB model (`build_models`) for `create_table` and tabledef.py.
 """
 
 from __future__ import annotations
@@ -19,31 +21,95 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.attributes import (
-    BooleanAttribute,
-    NumberAttribute,
-    TTLAttribute,
-    UnicodeAttribute,
-)
+from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection, KeysOnlyProjection
 from pynamodb.models import Model
 
+PK, SK = "pk", "sk"
 JOB_SK = "JOB"
 CONTROL_SK = "CONTROL"
+JOB_PREFIX, TYPE_PREFIX = "JOB#", "TYPE#"
+STEP_PREFIX, EFFECT_PREFIX, CHILD_PREFIX = "STEP#", "FX#", "CHILD#"
 LIST_INDEX = "by-type"
 DUE_INDEX = "due"
 LIST_SHARDS = 8
 DUE_SHARDS = 8
-DUE_INCLUDED = ["job_type", "status", "step", "lease_expires_at", "deadline_at", "pending",
-                "parent_type", "ancestors", "wait_reason"]
+ACTIVE = "ACTIVE"  # list-index bucket of every non-terminal job
+
+
+class J:
+    """Attribute names of a job item."""
+
+    JOB_ID, TYPE, STATUS, STEP = "job_id", "job_type", "status", "step"
+    INPUT, INPUT_HASH = "input", "input_hash"
+    CURSOR, TOKENS, PROGRESS = "cursor", "tokens", "progress"
+    OWNER, LEASE, PREV_OWNER, LAST_WRITER = (
+        "lease_owner", "lease_expires_at", "prev_owner", "last_writer")
+    ATTEMPT, MAX_ATTEMPTS, MAX_STEPS, DEADLINE = (
+        "attempt", "max_attempts", "max_steps", "deadline_at")
+    NOT_BEFORE, WAIT_REASON = "not_before", "wait_reason"
+    PENDING, CHILDREN_TOTAL, MAX_CONCURRENCY = "pending", "children_total", "max_concurrency"
+    PARENT_ID, CHILD_INDEX, RELEASE_ID, PARENT_STEP = (
+        "parent_id", "child_index", "release_id", "parent_step")
+    PARENT_TYPE, ANCESTORS = "parent_type", "ancestors"
+    SPAWN_STEP, CHILD_TYPE, CHILD_POLICY, CHILD_IDS = (
+        "spawn_step", "child_type", "child_policy", "child_ids")
+    RESULT, ERROR, ERROR_TYPE = "result", "error", "error_type"
+    CREATED, UPDATED, STATUS_AT, VERSION = "created_at", "updated_at", "status_at", "version"
+    INVOCATIONS, TAKEOVERS, RETRIES, RUN_MS = "invocations", "takeovers", "retries", "run_ms"
+    SWEEPS, REDISPATCHES, HOP = "sweeps", "redispatches", "hop"
+    HISTORY_ON = "history_on"
+    DUE, DUE_SHARD = "due_at", "dk"
+    LIST_SHARD, LIST_KEY = "lk", "ls"
+    EXPIRES = "expires_at"
+
+
+class FX:
+    """Attribute names of an effect record."""
+
+    STATE, OWNER, STEP, RESULT = "state", "owner", "step", "result"
+    STARTED_AT, DONE_AT, SEMANTICS, RUNS = "started_at", "done_at", "semantics", "runs"
+    LEASE_UNTIL, LAST_ERROR, EXPIRES = "lease_until", "last_error", "expires_at"
+
+
+class CH:
+    """Attribute names of a child link (CHILD#<id> under its parent)."""
+
+    CHILD_ID, INDEX, STATUS, RESULT, ERROR = "child_id", "index", "status", "result", "error"
+    JOINED_AT, EXPIRES = "joined_at", "expires_at"
+
+
+class H:
+    """Attribute names of a step-history item."""
+
+    STEP, EVENT, OWNER, REQUEST_ID = "step", "event", "owner", "request_id"
+    STARTED_AT, ENDED_AT, DURATION_MS = "started_at", "ended_at", "duration_ms"
+    ATTEMPT, DETAIL, WORK, EXPIRES = "attempt", "detail", "work", "expires_at"
+
+
+class CTL:
+    """Attribute names of a job type's control item."""
+
+    PAUSED, REASON, UPDATED, WAKING = "paused", "reason", "updated_at", "waking"
+
+
+DUE_INCLUDED = [J.TYPE, J.STATUS, J.STEP, J.LEASE, J.DEADLINE, J.PENDING, J.PARENT_TYPE,
+                J.ANCESTORS, J.WAIT_REASON]
+
+
+# -- key shapes ------------------------------------------------------------------------------
 
 
 def job_pk(job_id: str) -> str:
-    return f"JOB#{job_id}"
+    return f"{JOB_PREFIX}{job_id}"
+
+
+def job_id_of(pk: str) -> str:
+    return pk.removeprefix(JOB_PREFIX)
 
 
 def type_pk(job_type: str) -> str:
-    return f"TYPE#{job_type}"
+    return f"{TYPE_PREFIX}{job_type}"
 
 
 def shard_of(job_id: str, shards: int) -> int:
@@ -54,6 +120,10 @@ def list_hash(job_id: str) -> str:
     return f"L#{shard_of(job_id, LIST_SHARDS)}"
 
 
+def list_shards() -> list[str]:
+    return [f"L#{s}" for s in range(LIST_SHARDS)]
+
+
 def list_range(job_type: str, status: str, at_ms: int) -> str:
     return f"{job_type}#{status}#{at_ms:013d}"
 
@@ -62,163 +132,92 @@ def due_hash(job_id: str) -> str:
     return f"D#{shard_of(job_id, DUE_SHARDS)}"
 
 
+def due_shard(shard: int) -> str:
+    return f"D#{shard}"
+
+
 def step_sk(step: int) -> str:
-    return f"STEP#{step:09d}"
+    return f"{STEP_PREFIX}{step:09d}"
+
+
+def history_sk(step: int, at_ms: int, owner: str, event: str) -> str:
+    return f"{step_sk(step)}#{at_ms:013d}#{owner[-12:]}#{event}"
 
 
 def effect_sk(key: str) -> str:
-    return f"FX#{key}"
+    return f"{EFFECT_PREFIX}{key}"
 
 
 def child_sk(child_id: str) -> str:
-    return f"CHILD#{child_id}"
+    return f"{CHILD_PREFIX}{child_id}"
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def job_key(job_id: str) -> dict[str, Any]:
+    return {PK: _s(job_pk(job_id)), SK: _s(JOB_SK)}
+
+
+def control_key(job_type: str) -> dict[str, Any]:
+    return {PK: _s(type_pk(job_type)), SK: _s(CONTROL_SK)}
+
+
+def effect_key(job_id: str, key: str) -> dict[str, Any]:
+    return {PK: _s(job_pk(job_id)), SK: _s(effect_sk(key))}
+
+
+def child_key(parent_id: str, child_id: str) -> dict[str, Any]:
+    return {PK: _s(job_pk(parent_id)), SK: _s(child_sk(child_id))}
+
+
+def key_of(item: dict[str, Any]) -> dict[str, Any]:
+    """The primary key of a raw item."""
+    return {PK: item[PK], SK: item[SK]}
+
+
+# -- the table as a PynamoDB model (create_table, tabledef) -----------------------------------
 
 
 @dataclass(frozen=True)
 class Models:
-    """The PynamoDB model classes bound to one table."""
+    """The PynamoDB model bound to one table: its keys, indexes and TTL."""
 
     job: type[Any]
-    history: type[Any]
-    effect: type[Any]
-    child: type[Any]
-    control: type[Any]
 
 
 def build_models(table_name: str, host: str | None, region: str) -> Models:
-    """Declare the table's item kinds as PynamoDB models bound to `table_name`."""
-
-    class _Meta:
-        pass
-
-    def meta() -> type:
-        return type(
-            "Meta",
-            (_Meta,),
-            {"table_name": table_name, "host": host, "region": region,
-             "billing_mode": "PAY_PER_REQUEST"},
-        )
+    """Declare the table (keys, GSIs, TTL) as a PynamoDB model bound to `table_name`."""
 
     class ByTypeIndex(GlobalSecondaryIndex[Any]):  # type: ignore[no-untyped-call]
         class Meta:
             index_name = LIST_INDEX
             projection = KeysOnlyProjection()
 
-        lk = UnicodeAttribute(hash_key=True)
-        ls = UnicodeAttribute(range_key=True)
+        lk = UnicodeAttribute(hash_key=True, attr_name=J.LIST_SHARD)
+        ls = UnicodeAttribute(range_key=True, attr_name=J.LIST_KEY)
 
     class DueIndex(GlobalSecondaryIndex[Any]):  # type: ignore[no-untyped-call]
         class Meta:
             index_name = DUE_INDEX
             projection = IncludeProjection(DUE_INCLUDED)
 
-        dk = UnicodeAttribute(hash_key=True)
-        due_at = NumberAttribute(range_key=True)
+        dk = UnicodeAttribute(hash_key=True, attr_name=J.DUE_SHARD)
+        due_at = NumberAttribute(range_key=True, attr_name=J.DUE)
 
-    class JobModel(Model):
-        Meta = meta()  # type: ignore[assignment]
-        pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-        job_id = UnicodeAttribute()
-        job_type = UnicodeAttribute()
-        status = UnicodeAttribute()
-        step = NumberAttribute()
-        input = UnicodeAttribute(null=True)
-        input_hash = UnicodeAttribute(null=True)
-        cursor = UnicodeAttribute(null=True)
-        tokens = UnicodeAttribute(null=True)
-        progress = UnicodeAttribute(null=True)
-        lease_owner = UnicodeAttribute(null=True)
-        lease_expires_at = NumberAttribute(null=True)
-        prev_owner = UnicodeAttribute(null=True)
-        attempt = NumberAttribute(null=True)
-        max_attempts = NumberAttribute(null=True)
-        max_steps = NumberAttribute(null=True)
-        deadline_at = NumberAttribute(null=True)
-        not_before = NumberAttribute(null=True)
-        pending = NumberAttribute(null=True)
-        children_total = NumberAttribute(null=True)
-        max_concurrency = NumberAttribute(null=True)
-        started_children = NumberAttribute(null=True)
-        parent_id = UnicodeAttribute(null=True)
-        child_index = NumberAttribute(null=True)
-        release_id = UnicodeAttribute(null=True)
-        parent_type = UnicodeAttribute(null=True)
-        ancestors = UnicodeAttribute(null=True)  # JSON list of ancestor job types, root first
-        spawn_step = NumberAttribute(null=True)
-        child_type = UnicodeAttribute(null=True)
-        child_policy = UnicodeAttribute(null=True)
-        child_ids = UnicodeAttribute(null=True)
-        result = UnicodeAttribute(null=True)
-        error = UnicodeAttribute(null=True)
-        error_type = UnicodeAttribute(null=True)  # the exception's class name, for code
-        wait_reason = UnicodeAttribute(null=True)
-        created_at = NumberAttribute(null=True)
-        updated_at = NumberAttribute(null=True)
-        status_at = NumberAttribute(null=True)
-        version = NumberAttribute(null=True)
-        invocations = NumberAttribute(null=True)
-        takeovers = NumberAttribute(null=True)
-        retries = NumberAttribute(null=True)
-        run_ms = NumberAttribute(null=True)
-        sweeps = NumberAttribute(null=True)
-        history_on = BooleanAttribute(null=True)
-        due_at = NumberAttribute(null=True)
-        dk = UnicodeAttribute(null=True)
-        lk = UnicodeAttribute(null=True)
-        ls = UnicodeAttribute(null=True)
-        expires_at = TTLAttribute(null=True)
+    class TableModel(Model):
+        Meta = type("Meta", (), {  # type: ignore[assignment]
+            "table_name": table_name, "host": host, "region": region,
+            "billing_mode": "PAY_PER_REQUEST"})
+        pk = UnicodeAttribute(hash_key=True, attr_name=PK)
+        sk = UnicodeAttribute(range_key=True, attr_name=SK)
+        lk = UnicodeAttribute(null=True, attr_name=J.LIST_SHARD)
+        ls = UnicodeAttribute(null=True, attr_name=J.LIST_KEY)
+        dk = UnicodeAttribute(null=True, attr_name=J.DUE_SHARD)
+        due_at = NumberAttribute(null=True, attr_name=J.DUE)
+        expires_at = TTLAttribute(null=True, attr_name=J.EXPIRES)
         by_type = ByTypeIndex()
         due = DueIndex()
 
-    class HistoryModel(Model):
-        Meta = meta()  # type: ignore[assignment]
-        pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-        step = NumberAttribute()
-        event = UnicodeAttribute()
-        owner = UnicodeAttribute(null=True)
-        request_id = UnicodeAttribute(null=True)
-        started_at = NumberAttribute(null=True)
-        ended_at = NumberAttribute(null=True)
-        duration_ms = NumberAttribute(null=True)
-        attempt = NumberAttribute(null=True)
-        detail = UnicodeAttribute(null=True)
-        work = UnicodeAttribute(null=True)
-        expires_at = NumberAttribute(null=True)
-
-    class EffectModel(Model):
-        Meta = meta()  # type: ignore[assignment]
-        pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-        state = UnicodeAttribute()
-        owner = UnicodeAttribute(null=True)
-        step = NumberAttribute(null=True)
-        result = UnicodeAttribute(null=True)
-        started_at = NumberAttribute(null=True)
-        done_at = NumberAttribute(null=True)
-        semantics = UnicodeAttribute(null=True)
-        runs = NumberAttribute(null=True)
-        expires_at = NumberAttribute(null=True)
-
-    class ChildModel(Model):
-        Meta = meta()  # type: ignore[assignment]
-        pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-        child_id = UnicodeAttribute()
-        index = NumberAttribute(null=True)
-        status = UnicodeAttribute(null=True)
-        result = UnicodeAttribute(null=True)
-        error = UnicodeAttribute(null=True)
-        joined_at = NumberAttribute(null=True)
-        expires_at = NumberAttribute(null=True)
-
-    class ControlModel(Model):
-        Meta = meta()  # type: ignore[assignment]
-        pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-        paused = BooleanAttribute(null=True)
-        reason = UnicodeAttribute(null=True)
-        updated_at = NumberAttribute(null=True)
-
-    return Models(JobModel, HistoryModel, EffectModel, ChildModel, ControlModel)
+    return Models(TableModel)

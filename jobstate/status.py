@@ -47,6 +47,27 @@ class ClaimOutcome(enum.StrEnum):
     PAUSED = "paused"  # the job type is paused; left due for the sweeper
 
 
+class StepOutcome(enum.StrEnum):
+    """What one delivery of a step event did (`StepReport.outcome`, log lines, metrics)."""
+
+    STARTED = "started"  # a start request created the job and dispatched step 0
+    CLAIMED = "claimed"
+    TAKEOVER = "takeover"
+    DUPLICATE = "duplicate"
+    IN_FLIGHT = "in_flight"
+    NOT_YET = "not_yet"
+    FINISHED = "finished"
+    PAUSED = "paused"
+    COMMITTED = "committed"  # step N+1 is due and was dispatched
+    WAITING = "waiting"  # a sleep, a poll or children: step N+1 after the wait
+    COMPLETED = "completed"  # the job SUCCEEDED
+    FAILED = "failed"  # the job FAILED
+    RETRY_SCHEDULED = "retry_scheduled"  # the attempt failed; another is due later
+    DEFERRED = "deferred"  # the step ends uncommitted, no attempt counted; due later
+    CANCELLED = "cancelled"  # the job was cancelled under this step
+    LEASE_LOST = "lease_lost"  # another invocation took the step over
+
+
 class _NotDone:
     _instance: _NotDone | None = None
 

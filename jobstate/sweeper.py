@@ -10,22 +10,23 @@ than one run's `limit` drains over several runs (pass `next_token` back).
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from . import faults, observe, protocol, schema
+from . import dynamo, faults, observe, pagetoken, protocol, schema, transitions
 from .continuation import Continuation
-from .dynamo import CONDITION_FAILED, av, error_code
-from .errors import DispatchFailed, InvalidInput, JobNotFound, LeaseLost
+from .dynamo import Refused, av
+from .errors import DispatchFailed, InvalidInput, JobFinished, JobNotFound, LeaseLost
+from .events import step_event
+from .fanout import cancel_tree
+from .items import JobItem, indexed_job
+from .records import ancestors_of, child_ids_of
+from .schema import J
 from .status import JobStatus
-from .store import JobStore, _ancestors, _job_key
+from .store import JobStore
 
 CHILD_RECHECK_MS = 15 * 60 * 1000
 # A paused job is looked at again this much later, so a paused backlog never fills a
@@ -34,6 +35,7 @@ PAUSED_RECHECK_MS = 5 * 60 * 1000
 RECURSION_HOPS = 16
 # A step sent again and again without being claimed is sent at most this far apart.
 MAX_REDISPATCH_BACKOFF_MS = 60 * 60 * 1000
+DEADLINE_LEASE_MS = 60_000  # the sweeper's lease while it fails a job past its deadline
 
 
 @dataclass
@@ -68,189 +70,134 @@ def sweep(
     context: Any = None,
 ) -> SweepReport:
     """Re-dispatch up to `limit` due jobs; returns counts and a token if more remain."""
-    from .app import step_event
-
     if not isinstance(limit, int) or limit < 1:
         raise InvalidInput(f"limit must be a positive int, got {limit!r}")
     now = store.clock.now_ms() if now is None else now
     report = SweepReport()
-    starts = _decode(next_token)
+    starts = pagetoken.decode(next_token or None, _token_ok,
+                              "next_token is not one sweep() returned; pass it back unchanged.")
     shard0 = int(starts.get("shard", 0))
     for shard in range(shard0, schema.DUE_SHARDS):
         esk = starts.get("esk") if shard == shard0 else None
         while True:
             budget = limit - report.scanned
             if budget <= 0:
-                report.next_token = _encode({"shard": shard, "esk": esk})
+                report.next_token = pagetoken.encode({"shard": shard, "esk": esk})
                 return report
-            kw: dict[str, Any] = {
-                "IndexName": schema.DUE_INDEX,
-                "KeyConditionExpression": "dk = :dk AND due_at <= :now",
-                "ExpressionAttributeValues": {":dk": av(f"D#{shard}"), ":now": av(now)},
-                "Limit": budget,
-            }
-            if esk:
-                kw["ExclusiveStartKey"] = esk
-            resp = store.call("query", **kw)
-            for item in resp.get("Items", []):
+            resp = store.call(
+                "query", IndexName=schema.DUE_INDEX,
+                KeyConditionExpression="#k = :dk AND #d <= :now",
+                ExpressionAttributeNames={"#k": J.DUE_SHARD, "#d": J.DUE},
+                ExpressionAttributeValues={":dk": av(schema.due_shard(shard)), ":now": av(now)},
+                Limit=budget, **dynamo.start_at(esk))
+            for raw in resp.get("Items", []):
                 report.scanned += 1
-                _handle(store, continuation, item, now, report, context, step_event)
+                _handle(store, continuation, indexed_job(raw), now, report, context)
             esk = resp.get("LastEvaluatedKey")
             if not esk:
                 break
     return report
 
 
-def _handle(store: JobStore, continuation: Continuation, item: dict[str, Any], now: int,
-            report: SweepReport, context: Any, step_event: Any) -> None:
-    job_id = item["pk"]["S"].removeprefix("JOB#")
-    status = item.get("status", {}).get("S", "")
-    step = int(item.get("step", {}).get("N", "0"))
-    job_type = item.get("job_type", {}).get("S", "")
-    parent_type = item.get("parent_type", {}).get("S")
-    ancestors = _ancestors(item.get("ancestors", {}).get("S"), parent_type)
-    due_at = int(item["due_at"]["N"])
-    if status in {s.value for s in JobStatus if s.terminal}:
-        if _undue(store, job_id, status):
+def _token_ok(value: dict[str, Any]) -> bool:
+    shard = value.get("shard", 0)
+    return (set(value) <= {"shard", "esk"} and isinstance(shard, int)
+            and not isinstance(shard, bool) and 0 <= shard < schema.DUE_SHARDS
+            and (value.get("esk") is None or isinstance(value.get("esk"), dict)))
+
+
+def _kind(job: JobItem) -> str:
+    """Why a due job is due (the SweepReport counter it goes under)."""
+    if job.lease_expires_at is not None:
+        return "expired_leases"
+    if job.status == JobStatus.WAITING:
+        return "waits_over"
+    if job.wait_reason == "retry":
+        return "retries_due"
+    if job.status == JobStatus.PENDING:
+        return "not_started"
+    return "lost_continuations"
+
+
+def _handle(store: JobStore, continuation: Continuation, job: JobItem, now: int,
+            report: SweepReport, context: Any) -> None:
+    due_at = job.due_at or 0
+    if job.status.terminal:
+        with contextlib.suppress(Refused):
+            transitions.sweep_undue(store, job.job_id, job.status)
             report.cleaned += 1
         return
-    if any(store.is_paused(t) for t in (*ancestors, job_type) if t):
-        _bump(store, job_id, step, due_at, now + PAUSED_RECHECK_MS)
+    ancestors = ancestors_of(job)
+    if any(store.is_paused(t) for t in (*ancestors, job.job_type) if t):
+        _postpone(store, job, due_at, now + PAUSED_RECHECK_MS)
         report.paused += 1
         return
     # The deadline first: a parent waiting for children that never finish must not
     # wait past it.
-    deadline = item.get("deadline_at", {}).get("N")
-    if deadline is not None and int(deadline) < now:
-        if _fail_past_deadline(store, job_id, step, now, context):
+    if job.deadline_at is not None and job.deadline_at < now:
+        if _fail_past_deadline(store, job.job_id, job.step, now):
             report.failed_guards += 1
         else:
             report.raced += 1
         return
-    if int(item.get("pending", {}).get("N", "0")) > 0:
+    if (job.pending or 0) > 0:
         # Waiting for children: each join makes it due again; look back later anyway.
         recheck = now + CHILD_RECHECK_MS
-        if deadline is not None:  # look again when its deadline passes, if that is sooner
-            recheck = min(recheck, int(deadline) + 1)
-        _bump(store, job_id, step, due_at, recheck)
+        if job.deadline_at is not None:  # look again when its deadline passes, if sooner
+            recheck = min(recheck, job.deadline_at + 1)
+        _postpone(store, job, due_at, recheck)
         report.waiting_children += 1
         return
-    lease = item.get("lease_expires_at", {}).get("N")
-    if lease is not None:
-        kind = "expired_leases"
-    elif status == JobStatus.WAITING.value:
-        kind = "waits_over"
-    elif item.get("wait_reason", {}).get("S") == "retry":
-        kind = "retries_due"
-    elif status == JobStatus.PENDING.value:
-        kind = "not_started"
-    else:
-        kind = "lost_continuations"
-    taken = _take(store, job_id, step, due_at, now)
-    if taken is None:
+    kind = _kind(job)
+    try:
+        taken = transitions.sweep_take(store, job.job_id, job.step, due_at, now)
+    except Refused:
         report.raced += 1
         return
-    redispatches, hop = taken
-    if kind == "lost_continuations" and redispatches == 1 and hop > RECURSION_HOPS:
+    if taken.redispatches > 1:
+        # Sent before and still not claimed (a backlog, or lost again): wait twice as long
+        # before the next copy. Best effort: if the job moved meanwhile, its own write
+        # says when it is due.
+        backoff = min(store.dispatch_timeout_ms * 2 ** (taken.redispatches - 1),
+                      MAX_REDISPATCH_BACKOFF_MS)
+        with contextlib.suppress(Refused):
+            transitions.sweep_postpone(store, job.job_id, job.step,
+                                       now + store.dispatch_timeout_ms, now + backoff,
+                                       count=False)
+    if kind == "lost_continuations" and taken.redispatches == 1 and taken.hop > RECURSION_HOPS:
         # The continuation that never arrived was the (RECURSION_HOPS + 1)-th invocation of
         # one chain: what Lambda's loop detection drops. A backlog (a step sent again and
         # again) or a lost event at a lower hop is something else, and is not blamed on it.
         observe.event(
-            "chain_cut", logging.WARNING, job_id=job_id, job_type=job_type, step=step,
-            detail=(f"step {step} was sent as invocation {hop} of one chain and never "
-                    "claimed: Lambda's recursive loop detection drops a chain's invocations "
-                    f"after {RECURSION_HOPS}. Set RecursiveLoop: Allow on the function (the "
-                    "template does); the sweeper re-sends the step meanwhile."),
+            "chain_cut", logging.WARNING, job_id=job.job_id, job_type=job.job_type,
+            step=job.step,
+            detail=(f"step {job.step} was sent as invocation {taken.hop} of one chain and "
+                    "never claimed: Lambda's recursive loop detection drops a chain's "
+                    f"invocations after {RECURSION_HOPS}. Set RecursiveLoop: Allow on the "
+                    "function (the template does); the sweeper re-sends the step meanwhile."),
         )
-    extra = {"parent_type": ancestors[-1], "ancestors": list(ancestors)} if ancestors else {}
+    route = {"parent_type": ancestors[-1], "ancestors": list(ancestors)} if ancestors else {}
     try:
         # The sweeper's invocation starts a new chain: the event is its first hop.
-        continuation.dispatch(step_event(job_id, step, job_type, hop=1, **extra),
+        continuation.dispatch(step_event(job.job_id, job.step, job.job_type, hop=1, **route),
                               context=context)
     except DispatchFailed as exc:
         report.dispatch_errors += 1
         if report.first_dispatch_error is None:
             report.first_dispatch_error = str(exc)
-        observe.event("dispatch_failed", logging.WARNING, job_id=job_id, step=step,
+        observe.event("dispatch_failed", logging.WARNING, job_id=job.job_id, step=job.step,
                       detail=str(exc))
         return
     setattr(report, kind, getattr(report, kind) + 1)
     report.dispatched += 1
 
 
-def _take(store: JobStore, job_id: str, step: int, old_due: int,
-          now: int) -> tuple[int, int] | None:
-    """Take a due step for re-dispatch (conditional: one sweeper of several wins), and make
-    it due again after the dispatch timeout, doubled for each time this step was sent
-    again and not claimed (a backlog slower than the timeout is not flooded with copies).
-
-    Returns (re-dispatches of this step so far, the hop its lost event was sent at), or
-    None if another sweeper or the job itself moved first. A claim resets the count.
-    """
-    try:
-        resp = store.call(
-            "update_item", Key=_job_key(job_id),
-            UpdateExpression="SET due_at = :new ADD sweeps :one, redispatches :one",
-            ConditionExpression="#step = :n AND due_at = :old",
-            ExpressionAttributeNames={"#step": "step"},
-            ExpressionAttributeValues={":new": av(now + store.dispatch_timeout_ms),
-                                       ":n": av(step), ":old": av(old_due), ":one": av(1)},
-            ReturnValues="ALL_NEW",
-        )
-    except ClientError as exc:
-        if error_code(exc) != CONDITION_FAILED:
-            raise
-        return None
-    item = resp.get("Attributes", {})
-    count = int(item.get("redispatches", {}).get("N", "1"))
-    hop = int(item.get("hop", {}).get("N", "0"))
-    if count > 1:
-        backoff = min(store.dispatch_timeout_ms * 2 ** (count - 1), MAX_REDISPATCH_BACKOFF_MS)
-        # Best effort: if the job moved meanwhile, its own write says when it is due.
-        _bump(store, job_id, step, now + store.dispatch_timeout_ms, now + backoff,
-              count=False)
-    return count, hop
+def _postpone(store: JobStore, job: JobItem, due_at: int, later: int) -> None:
+    with contextlib.suppress(Refused):
+        transitions.sweep_postpone(store, job.job_id, job.step, due_at, later)
 
 
-def _bump(store: JobStore, job_id: str, step: int, old_due: int, new_due: int, *,
-          count: bool = True) -> bool:
-    """Move due_at forward iff nobody else changed the job since we read the index."""
-    try:
-        store.call(
-            "update_item", Key=_job_key(job_id),
-            UpdateExpression="SET due_at = :new" + (" ADD sweeps :one" if count else ""),
-            ConditionExpression="#step = :n AND due_at = :old",
-            ExpressionAttributeNames={"#step": "step"},
-            ExpressionAttributeValues={":new": av(new_due), ":n": av(step),
-                                       ":old": av(old_due),
-                                       **({":one": av(1)} if count else {})},
-        )
-        return True
-    except ClientError as exc:
-        if error_code(exc) != CONDITION_FAILED:
-            raise
-        return False
-
-
-def _undue(store: JobStore, job_id: str, status: str) -> bool:
-    """Take a finished job out of the due index (a child's join after the parent was
-    cancelled puts it back); conditional on it still being finished."""
-    try:
-        store.call(
-            "update_item", Key=_job_key(job_id), UpdateExpression="REMOVE due_at, dk",
-            ConditionExpression="#status = :s",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":s": av(status)},
-        )
-        return True
-    except ClientError as exc:
-        if error_code(exc) != CONDITION_FAILED:
-            raise
-        return False
-
-
-def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
-                        context: Any) -> bool:
+def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int) -> bool:
     """Claim the job as the sweeper and fail it (joining its parent, if any).
 
     A parent waiting on children has them cancelled first, then is failed: a sweeper that
@@ -258,43 +205,19 @@ def _fail_past_deadline(store: JobStore, job_id: str, step: int, now: int,
     the next sweep finishes the job. Failed first, a dead sweeper would leave its children
     running on, since nothing looks at a FAILED job's children again.
     """
-    from .app import deadline_reason
-    from .errors import JobFinished
-    from .fanout import cancel_tree, child_ids_of, join_actions
-
-    claim = protocol.claim(store, job_id, step,
-                           request_id=f"sweeper-{uuid.uuid4().hex[:8]}",
-                           lease_until_ms=now + 60_000, waiting_children_ok=True)
+    claim = protocol.claim(store, job_id, step, request_id=f"sweeper-{uuid.uuid4().hex[:8]}",
+                           lease_until_ms=now + DEADLINE_LEASE_MS, waiting_children_ok=True)
     if claim.lease is None:
         return False
     lease = claim.lease
-    job = lease.job
-    reason = deadline_reason(job)
-    for cid in child_ids_of(job):
+    reason = protocol.deadline_reason(lease.job)
+    for cid in child_ids_of(lease.job):
         with contextlib.suppress(JobNotFound, JobFinished):
             cancel_tree(store, cid, f"parent {job_id} failed: {reason}")
     faults.point("sweeper_children_cancelled", job_id=job_id, step=step)
     try:
         protocol.finish(store, lease, None, JobStatus.FAILED, error=reason,
-                        error_type="RunawayGuard",
-                        extra_actions=join_actions(store, lease, "FAILED", None, reason))
+                        error_type="RunawayGuard")
     except (LeaseLost, JobNotFound):
         return False
     return True
-
-
-def _encode(value: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
-
-
-def _decode(token: str | None) -> dict[str, Any]:
-    if not token:
-        return {}
-    try:
-        value = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-        if not isinstance(value, dict) or not isinstance(value.get("shard", 0), int):
-            raise ValueError
-        return value
-    except Exception:
-        raise InvalidInput("next_token is not one sweep() returned; pass it back unchanged.") \
-            from None

@@ -26,12 +26,21 @@ pytestmark = pytest.mark.integration
 THROTTLED = {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}
 
 
-def _effect_write(op: str, verb: str = "") -> Callable[[str, dict[str, Any]], bool]:
-    """Picks `op` requests on effect records (an `update_item` whose values hold `verb`)."""
+DONE_WRITE = "done"  # an update that writes the record DONE
+TAKE_OVER = "take-over"  # an update that hands a STARTED record to a new owner (runs + 1)
+
+
+def _effect_write(op: str, kind: str = "") -> Callable[[str, dict[str, Any]], bool]:
+    """Picks `op` requests on effect records (an `update_item` of that `kind`)."""
     def pick(name: str, kw: dict[str, Any]) -> bool:
         key = (kw.get("Key") or kw.get("Item") or {}).get("sk", {}).get("S", "")
-        return (name == op and key.startswith("FX#")
-                and (not verb or verb in kw.get("ExpressionAttributeValues", {})))
+        if name != op or not key.startswith("FX#"):
+            return False
+        if kind == DONE_WRITE:
+            return {"S": "DONE"} in kw.get("ExpressionAttributeValues", {}).values()
+        if kind == TAKE_OVER:
+            return "runs" in kw.get("ExpressionAttributeNames", {}).values()
+        return True
     return pick
 
 
@@ -300,7 +309,7 @@ def test_a_resent_effect_take_over_that_was_applied_is_not_lease_lost(app, cont,
         app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
     clock.advance(3600)  # the dead invocation's lease is long over
     jobstate.sweep(store, cont)
-    with ClientFault(store, _effect_write("update_item", ":old")) as f:  # the take-over
+    with ClientFault(store, _effect_write("update_item", TAKE_OVER)) as f:  # the take-over
         reports = drain(app, cont, FakeLambdaContext(clock))
     assert f.fired == 1
     assert [r["outcome"] for r in reports] == ["completed"]
@@ -332,7 +341,7 @@ def test_a_done_write_through_a_short_outage_is_recorded(app, cont, store, clock
     sent: list[int] = []
     _amo_job(app, lambda: sent.append(1) or "sent")
     app.start("amo", None, job_id="amo")
-    with ClientFault(store, _effect_write("update_item", ":done"), times=PERSIST_ATTEMPTS - 1,
+    with ClientFault(store, _effect_write("update_item", DONE_WRITE), times=PERSIST_ATTEMPTS - 1,
                      error=THROTTLED) as f:
         drain(app, cont, FakeLambdaContext(clock))
     job = store.get("amo")
@@ -363,7 +372,7 @@ def test_an_outage_too_long_to_ride_out_says_what_happened(app, cont, store, clo
     # message says the attempt ended without recording an outcome — not "it died".
     _amo_job(app, lambda: "sent")
     app.start("amo", None, job_id="amo")
-    with ClientFault(store, _effect_write("update_item", ":done"), times=1000,
+    with ClientFault(store, _effect_write("update_item", DONE_WRITE), times=1000,
                      error=THROTTLED):
         drain(app, cont, FakeLambdaContext(clock))
         clock.advance(3600)

@@ -304,3 +304,12 @@ def test_slim_bundle_needs_only_boto3_pynamodb_tenacity(tmp_path: Path) -> None:
                            str(libs)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok ['file-processor'] ['batch-mailer', 'batch-mailer-chain']")
+
+
+def test_the_transition_table_in_concepts_is_the_codes() -> None:
+    from jobstate import transitions
+
+    text = (ROOT / "docs" / "concepts.md").read_text()
+    shown = text.split("<!-- transitions:begin -->\n", 1)[1].split("\n<!-- transitions:end", 1)[0]
+    assert shown == transitions.table_markdown(), (
+        "docs/concepts.md's transition table is not transitions.table_markdown(); paste it")

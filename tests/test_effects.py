@@ -714,8 +714,9 @@ def test_an_effect_is_not_settled_by_hand_while_a_step_holds_the_job(app, cont, 
 
 
 def _is_done_write(name: str, kw: dict[str, Any]) -> bool:
+    """An update of an effect record that writes it DONE."""
     return name == "update_item" and kw.get("Key", {}).get("sk", {}).get("S", "").startswith(
-        "FX#") and ":done" in kw.get("ExpressionAttributeValues", {})
+        "FX#") and {"S": "DONE"} in kw.get("ExpressionAttributeValues", {}).values()
 
 
 def test_at_most_once_fn_is_not_rerun_in_the_same_step_when_its_done_write_failed(
@@ -789,7 +790,7 @@ def test_effects_cannot_be_settled_while_a_cancelled_step_still_runs_them(app, c
 
 def test_encoded_state_and_updates_never_show_tokens_in_a_repr(store):
     from jobstate.dynamo import Update
-    from jobstate.protocol import State
+    from jobstate.lease import State
 
     state = State.encode(store, {"offset": 1}, {"api": SECRET}, {"done": 0}, job_id="j")
     upd = Update().set("tokens", state.tokens)

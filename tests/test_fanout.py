@@ -16,8 +16,8 @@ import pytest
 from conftest import drain
 
 import jobstate
-from jobstate import JobStatus, fanout
-from jobstate.store import _job_key
+from jobstate import JobStatus
+from jobstate.schema import job_key as _job_key
 from jobstate.testing import Driver, FakeLambdaContext
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def child_views(store: jobstate.JobStore, parent_id: str, spawn_step: int,
     """The children's own job items (only the fields the checks need), by deterministic id."""
     out: list[dict[str, Any]] = []
     for start in range(0, n, 100):
-        keys = [_job_key(fanout.child_id(parent_id, spawn_step, i))
+        keys = [_job_key(jobstate.records.child_id(parent_id, spawn_step, i))
                 for i in range(start, min(n, start + 100))]
         resp = store.call("batch_get_item", RequestItems={store.table_name: {
             "Keys": keys, "ConsistentRead": True,
@@ -246,7 +246,7 @@ def test_max_concurrency_is_never_exceeded_under_chaos(app, cont, store, clock, 
         assert len(kids) == n
         now = clock.now_ms()
         running = sum(k["status"] is JobStatus.RUNNING or k["lease"] >= now for k in kids)
-        live = sum(not k["status"].terminal and k["not_before"] != fanout.QUEUED_UNTIL
+        live = sum(not k["status"].terminal and k["not_before"] != jobstate.transitions.QUEUED_UNTIL
                    for k in kids)
         assert running <= cap, f"{running} children RUNNING"
         assert live <= cap, f"{live} children runnable"
@@ -286,7 +286,7 @@ def test_failed_child_with_policy_fail_fails_the_parent_naming_it(app, cont, sto
     drain(app, cont, FakeLambdaContext(clock))
     parent = store.get(pid)
     assert parent.status is JobStatus.FAILED
-    bad = fanout.child_id(pid, 0, 3)
+    bad = jobstate.records.child_id(pid, 0, 3)
     assert bad in (parent.error or "") and "bad row in chunk 3" in (parent.error or "")
     assert runs == [0]  # the parent's own code never ran on a failed fan-out
 
@@ -300,7 +300,7 @@ def test_failed_child_with_policy_continue_is_reported_to_the_parent(app, cont, 
     parent = store.get(pid)
     assert parent.status is JobStatus.SUCCEEDED
     assert parent.result["statuses"] == {"SUCCEEDED": 3, "FAILED": 2}
-    assert parent.result["failed"] == [fanout.child_id(pid, 0, i) for i in (1, 3)]
+    assert parent.result["failed"] == [jobstate.records.child_id(pid, 0, i) for i in (1, 3)]
     assert parent.result["sum"] == 0 + 2 + 4
     views = {c.index: c for c in jobstate.fanout.children(store, pid)}
     assert "bad row in chunk 1" in (views[1].error or "")
@@ -316,7 +316,7 @@ def test_child_finishing_twice_never_double_counts(app, cont, store, clock):
     assert store.get(pid).status is JobStatus.SUCCEEDED
     # The failed child is resumed by an operator and finishes again: its second terminal
     # commit must not join (decrement) the parent a second time.
-    bad = fanout.child_id(pid, 0, 2)
+    bad = jobstate.records.child_id(pid, 0, 2)
     store.resume(bad)
     jobstate.sweep(store, cont)
     drain(app, cont, FakeLambdaContext(clock))
@@ -345,7 +345,7 @@ def test_parent_crash_around_spawn_creates_no_duplicate_children(app, cont, stor
     assert parent.result["n"] == 6 and parent.result["sum"] == sum(range(6))
     assert parent.pending_children == 0
     kids = [j for j in store.iter_jobs("chunk")]
-    assert sorted(k.job_id for k in kids) == sorted(fanout.child_id(pid, 0, i)
+    assert sorted(k.job_id for k in kids) == sorted(jobstate.records.child_id(pid, 0, i)
                                                      for i in range(6))
 
 
@@ -414,7 +414,7 @@ def test_progress_rolls_up_from_the_children(app, cont, store, clock):
     p = jobstate.rollup(store, store.get(pid))
     assert (p.done, p.total) == (n * steps, n * steps)
     # A job without children reports its own progress.
-    assert jobstate.rollup(store, store.get(fanout.child_id(pid, 0, 0))).done == steps
+    assert jobstate.rollup(store, store.get(jobstate.records.child_id(pid, 0, 0))).done == steps
 
 
 def test_spawn_validates_before_writing(app, cont, store, clock):

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from conftest import break_claim_lease_check
 
 import jobstate
 from jobstate import NOT_DONE, JobStatus, Semantics, faults, step_event
@@ -329,21 +330,10 @@ def test_every_interleaving_of_two_deliveries(hooked: Any, variant: str) -> None
     assert world.reached == {"A": set(YIELDS), "B": set(YIELDS)}, world.reached
 
 
-LEASE_CLAUSE = "(attribute_not_exists(lease_expires_at) OR lease_expires_at < :now)"
-
-
 def test_the_enumeration_catches_a_claim_without_lease_check(
         hooked: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Mutation check: with the claim's lease clause removed, some schedule must fail."""
-    real_call = jobstate.JobStore.call
-
-    def call(self: jobstate.JobStore, operation: str, **kw: Any) -> dict[str, Any]:
-        cond = kw.get("ConditionExpression", "")
-        if operation == "update_item" and LEASE_CLAUSE in cond:
-            kw["ConditionExpression"] = cond.replace(LEASE_CLAUSE, "(attribute_exists(pk))")
-        return real_call(self, operation, **kw)
-
-    monkeypatch.setattr(jobstate.JobStore, "call", call)
+    break_claim_lease_check(monkeypatch)
     world = World("amor", hooked)
     prev = faults.install(world.hook)
     try:

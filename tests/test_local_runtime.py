@@ -337,13 +337,13 @@ def _sleeping_worker() -> Any:
     import sys
     from multiprocessing.connection import Connection
 
-    from jobstate.local.runtime import _Worker
+    from jobstate.local.process import Worker
 
     mine, theirs = socket.socketpair()
     popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                              stdin=subprocess.DEVNULL)
     theirs.close()
-    return _Worker(popen, Connection(mine.detach()), 0)
+    return Worker(popen, Connection(mine.detach()), 0)
 
 
 def test_a_worker_torn_down_by_several_threads_at_once_closes_its_socket_once():

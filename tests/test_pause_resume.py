@@ -251,16 +251,16 @@ def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
 def test_a_resume_that_died_while_waking_is_finished_by_the_next(app, cont, store, clock,
                                                                  monkeypatch):
     hold_a_job(app, cont, store, clock, "woke", "w1")
-    real = store._wake_type
+    real = store.pauses._wake_type
 
     def dies(job_type: str) -> int:
         raise jobstate.StoreUnavailable("throttled")
 
-    monkeypatch.setattr(store, "_wake_type", dies)
+    monkeypatch.setattr(store.pauses, "_wake_type", dies)
     with pytest.raises(jobstate.StoreUnavailable):
         store.set_paused("woke", False)
     assert store.pause_state("woke") is False  # resumed, but its jobs are still set aside
-    monkeypatch.setattr(store, "_wake_type", real)
+    monkeypatch.setattr(store.pauses, "_wake_type", real)
     assert store.set_paused("woke", False) == 1  # the retried runbook step finishes it
     assert store.set_paused("woke", False) == 0  # and then it is a no-op again
     assert jobstate.sweep(store, cont).dispatched == 1

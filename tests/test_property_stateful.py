@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from conftest import break_claim_lease_check
 from conftest_hypothesis import active
 from hypothesis import Phase, event
 from hypothesis import strategies as st
@@ -616,21 +617,10 @@ def test_step_protocol_state_machine(moto: Any) -> None:
 
 # -- the suite catches the bug it is for ----------------------------------------------------
 
-LEASE_CLAUSE = "(attribute_not_exists(lease_expires_at) OR lease_expires_at < :now)"
-
-
 @pytest.fixture
 def claim_without_lease_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Break the claim: its condition no longer looks at the lease."""
-    real_call = jobstate.JobStore.call
-
-    def call(self: jobstate.JobStore, operation: str, **kw: Any) -> dict[str, Any]:
-        cond = kw.get("ConditionExpression", "")
-        if operation == "update_item" and LEASE_CLAUSE in cond:
-            kw["ConditionExpression"] = cond.replace(LEASE_CLAUSE, "(attribute_exists(pk))")
-        return real_call(self, operation, **kw)
-
-    monkeypatch.setattr(jobstate.JobStore, "call", call)
+    break_claim_lease_check(monkeypatch)
 
 
 class WhileHoldersLive(JobMachine):

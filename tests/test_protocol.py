@@ -8,7 +8,8 @@ import pytest
 from conftest import drain
 
 import jobstate
-from jobstate import JobStatus, protocol
+from jobstate import JobStatus, protocol, transitions
+from jobstate.lease import State
 from jobstate.testing import Crash, FakeLambdaContext
 
 pytestmark = pytest.mark.integration
@@ -128,13 +129,13 @@ def test_dead_owner_late_commit_is_fenced(store, clock):
     clock.advance(2)
     b = protocol.claim(store, "fence", 0, request_id="B", lease_until_ms=clock.now_ms() + 10_000)
     assert b.outcome is jobstate.ClaimOutcome.TAKEOVER and b.lease is not None
-    state = protocol.State.encode(store, {"from": "A"}, {}, {}, job_id="fence")
+    state = State.encode(store, {"from": "A"}, {}, {}, job_id="fence")
     with pytest.raises(jobstate.LeaseLost) as err:
-        protocol.commit(store, a.lease, state)
+        transitions.commit(store, a.lease, state)
     assert "no longer held" in str(err.value)
     with pytest.raises(jobstate.LeaseLost):
-        protocol.checkpoint(store, a.lease, state)
-    protocol.commit(store, b.lease, protocol.State.encode(store, {"from": "B"}, {}, {},
+        transitions.checkpoint(store, a.lease, state)
+    transitions.commit(store, b.lease, State.encode(store, {"from": "B"}, {}, {},
                                                           job_id="fence"))
     view = store.get("fence")
     assert view.step == 1 and view.cursor == {"from": "B"}

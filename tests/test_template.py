@@ -130,7 +130,7 @@ def test_kms_grants_exist_only_with_a_key(cfn: dict[str, Any]) -> None:
 
 def test_the_spawn_withdrawal_is_a_need_of_every_worker(cfn: dict[str, Any]) -> None:
     """The gap of issue 21, seen by the analysis: the ConditionCheck of
-    fanout._cancel_spawned's transaction makes dynamodb:ConditionCheckItem a need of every
+    fanout._withdraw's transaction makes dynamodb:ConditionCheckItem a need of every
     function that runs App.handler, and of no other."""
     from iam_coverage import TABLE_ARN, static_needs
 

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 from .chaos import Chaos
 from .engines import DynamoDBLocal, MotoServer
-from .runtime import RECURSION_LIMIT, LocalRuntime, LocalRuntimeError
+from .process import LocalRuntimeError
+from .runtime import RECURSION_LIMIT, LocalRuntime
 from .stats import RuntimeStats, Stats
 from .worker import LocalContext, load_app
 

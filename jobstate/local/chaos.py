@@ -148,3 +148,36 @@ class Dice:
             n = self._counts.get("token:" + what, 0)
             self._counts["token:" + what] = n + 1
         return f"{self.seed}:{what}:{n}"
+
+
+class CrashPlan:
+    """Where each delivery is killed. With `crash_first`, each step's crash is drawn once
+    and aimed at every delivery of the step until one reaches the point: a delivery that
+    ends before it (a real deadline on a slow machine) does not use it up, so a fault
+    matrix kills every step at its point whatever the machine's speed."""
+
+    def __init__(self, chaos: Chaos, dice: Dice) -> None:
+        self.chaos, self.dice = chaos, dice
+        self._aims: dict[str, str | None] = {}
+        self._fired: set[str] = set()
+        self._lock = threading.Lock()
+
+    def aim(self, key: str) -> str | None:
+        if not self.chaos.crash_first:
+            return self._draw(key)
+        with self._lock:
+            if key in self._fired:
+                return None
+            if key not in self._aims:
+                self._aims[key] = self._draw(key)
+            return self._aims[key]
+
+    def fired(self, key: str) -> None:
+        """A delivery of `key` was killed at its point."""
+        with self._lock:
+            self._fired.add(key)
+
+    def _draw(self, key: str) -> str | None:
+        rng = self.dice.rng(f"crash:{key}")
+        hit = rng.random() < self.chaos.crash
+        return rng.choice(self.chaos.crash_points) if hit else None

@@ -29,7 +29,7 @@ class _Fallback(Exception):
 def install() -> None:
     from moto.dynamodb.models import DynamoDBBackend
 
-    if getattr(DynamoDBBackend, "_jobstate_fixed", False):
+    if getattr(DynamoDBBackend, "jobstate_fixed", False):
         return
     original = DynamoDBBackend.transact_write_items
 
@@ -46,7 +46,7 @@ def install() -> None:
         fn = getattr(DynamoDBBackend, name, None)
         if fn is not None:
             setattr(DynamoDBBackend, name, _locked(fn))
-    setattr(DynamoDBBackend, "_jobstate_fixed", True)  # noqa: B010
+    setattr(DynamoDBBackend, "jobstate_fixed", True)  # noqa: B010
 
 
 def _locked(fn: Any) -> Any:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -14,18 +12,18 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import replace
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from .. import errors
-from ..errors import InvalidInput, JobStateError
+from ..errors import InvalidInput
 from ..records import JobView
 from ..store import JobStore
 from ..sweeper import SweepReport, sweep
-from .chaos import Chaos, Dice
+from . import process
+from .chaos import Chaos, CrashPlan, Dice
 from .engines import MotoServer, dummy_credentials
+from .process import LocalRuntimeError, Worker, rebuild_error
 from .queue import Delivery, EventQueue
 from .stats import RuntimeStats
 
@@ -44,41 +42,6 @@ RECURSION_HELP = (
     "Locally: recursive_loop='Allow' (CLI: --recursive-loop Allow). Until then the sweeper "
     "restarts the chain after the dispatch timeout."
 )
-
-
-class LocalRuntimeError(JobStateError):
-    """The local runtime could not start (bad app reference, worker died at init, ...)."""
-
-
-class _Worker:
-    """A worker process (a warm container) and our end of its socket.
-
-    Its slot thread and `LocalRuntime.close()` may both tear it down; `stop()` and
-    `kill()` are idempotent and thread-safe. The socket is closed exactly once, so a
-    second close can never hit a file descriptor the process has since reused.
-    """
-
-    def __init__(self, popen: subprocess.Popen[bytes], conn: Connection, slot: int) -> None:
-        self.popen, self.conn, self.slot = popen, conn, slot
-        self.info: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def stop(self) -> None:
-        """SIGKILL the process (Lambda's timeout) and reap it; the socket stays open."""
-        with self._lock:
-            if self.popen.poll() is None:
-                self.popen.kill()
-        self.popen.wait()
-
-    def kill(self) -> None:
-        """Stop the process and close our end of the socket."""
-        self.stop()
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self.conn.close()
 
 
 class _SweepContinuation:
@@ -172,17 +135,15 @@ class LocalRuntime:
         self.failed_events: list[dict[str, Any]] = []
         self.queue = EventQueue()
         self.dice = Dice(self.chaos.seed)
+        self._crashes = CrashPlan(self.chaos, self.dice)
         self._ddb: MotoServer | None = None
         self._store: JobStore | None = None
-        self._workers: list[_Worker | None] = [None] * concurrency
+        self._workers: list[Worker | None] = [None] * concurrency
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._closing = False
         self._started_at = 0.0
         self._warned: set[str] = set()
-        # crash_first: the point each step's crash is aimed at, until it fires there.
-        self._crash_aims: dict[str, str | None] = {}
-        self._crash_fired: set[str] = set()
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -213,7 +174,7 @@ class LocalRuntime:
                 self._workers[i] = self._spawn(i)
             procs = [w for w in self._workers if w is not None]
             for w in procs:
-                self._await_ready(w)
+                process.await_ready(w, self.app_ref, self.work_dir, self.init_timeout_s)
             info = procs[0].info
             self._store = JobStore(info["table"], self.endpoint_url, info["region"],
                                    dispatch_timeout_s=info["dispatch_timeout_ms"] / 1000)
@@ -283,61 +244,25 @@ class LocalRuntime:
 
     # -- workers -----------------------------------------------------------------------
 
-    def _spawn(self, slot: int) -> _Worker:
-        mine, theirs = socket.socketpair()
-        log_path = self.work_dir / f"worker-{slot}.log"
-        with open(log_path, "ab") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "jobstate.local", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, env=self._env, cwd=os.getcwd())
-        theirs.close()
-        conn = Connection(mine.detach())
-        conn.send({"app_ref": self.app_ref, "function_name": self.function_name,
-                   "tmp_dir": str(self.work_dir / f"worker-{slot}-tmp"),
-                   "sys_path": [p for p in sys.path if p], "overrides": self.overrides})
-        self.stats.bump_runtime("cold_starts")
-        return _Worker(popen, conn, slot)
-
-    def _await_ready(self, w: _Worker) -> None:
-        msg: Any = None
-        try:
-            if w.conn.poll(self.init_timeout_s):
-                msg = w.conn.recv()
-        except (EOFError, OSError):
-            msg = None
-        if msg is not None and msg[0] == "ready":
-            w.info = msg[1]
-            return
-        w.kill()
-        if msg is not None and msg[0] == "init_error":
-            raise LocalRuntimeError(f"could not load app {self.app_ref!r}: {msg[1]}")
-        tail = self._log_tail(w.slot)
-        raise LocalRuntimeError(
-            f"worker for {self.app_ref!r} did not start within {self.init_timeout_s:.0f}s"
-            + (f"; its log ends with: {tail}" if tail else ""))
-
-    def _log_tail(self, slot: int) -> str:
-        try:
-            text = (self.work_dir / f"worker-{slot}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-        return lines[-1][:300] if lines else ""
-
-    def _worker_for(self, slot: int) -> _Worker:
+    def _worker_for(self, slot: int) -> Worker:
         w = self._workers[slot]
         if w is None or w.popen.poll() is not None:
             if self._closing:
                 raise LocalRuntimeError("the runtime is closing")
             w = self._spawn(slot)
-            self._await_ready(w)
+            process.await_ready(w, self.app_ref, self.work_dir, self.init_timeout_s)
             self._workers[slot] = w
         return w
 
+    def _spawn(self, slot: int) -> Worker:
+        self.stats.bump_runtime("cold_starts")
+        return process.spawn(slot, self.work_dir, self._env, {
+            "app_ref": self.app_ref, "function_name": self.function_name,
+            "overrides": self.overrides})
+
     def _log(self, slot: int, line: str) -> None:
-        with open(self.work_dir / f"worker-{slot}.log", "a") as f:
-            f.write(line + "\n")
+        process.log(self.work_dir, slot, line)
+
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -370,7 +295,7 @@ class LocalRuntime:
             if out.get("ok"):
                 return str(out["result"]["job_id"])
             if out.get("error_type") not in _INVOCATION_DIED or attempt == attempts:
-                raise _rebuild_error(out)
+                raise rebuild_error(out)
             self.stats.bump_runtime("start_retries")
         raise AssertionError("unreachable")
 
@@ -480,7 +405,7 @@ class LocalRuntime:
         if d.future is None and self._dropped(d):
             return
         w = self._worker_for(slot)
-        crash_at = self._crash_at(d.key) if d.future is None and self.chaos.crash else None
+        crash_at = self._crashes.aim(d.key) if d.future is None and self.chaos.crash else None
         if d.duplicate:
             self.stats.bump("duplicates_delivered", d.group)
         self.stats.bump("invocations", d.group)
@@ -496,24 +421,6 @@ class LocalRuntime:
             d.future.set_result(result)
         elif not result.get("ok"):
             self._lambda_retry(d, result)
-
-    def _crash_at(self, key: str) -> str | None:
-        """Where this delivery is killed. With `crash_first`, each step's crash is drawn
-        once and aimed at every delivery of the step until one reaches the point: a
-        delivery that ends before it (a real deadline on a slow machine) does not use it
-        up, so the matrix kills every step at its point whatever the machine's speed."""
-        if not self.chaos.crash_first:
-            rng = self.dice.rng(f"crash:{key}")
-            hit = rng.random() < self.chaos.crash
-            return rng.choice(self.chaos.crash_points) if hit else None
-        with self._lock:
-            if key in self._crash_fired:
-                return None
-            if key not in self._crash_aims:
-                rng = self.dice.rng(f"crash:{key}")
-                hit = rng.random() < self.chaos.crash
-                self._crash_aims[key] = rng.choice(self.chaos.crash_points) if hit else None
-            return self._crash_aims[key]
 
     def _dropped(self, d: Delivery) -> bool:
         age = time.time() - d.first_at
@@ -541,60 +448,41 @@ class LocalRuntime:
             self.messages.append(message)
         log.warning("%s", message)
 
-    def _run(self, w: _Worker, inv: dict[str, Any], deadline: float,
+    def _run(self, w: Worker, inv: dict[str, Any], deadline: float,
              d: Delivery) -> dict[str, Any]:
-        crashed: str | None = None
-        try:
-            w.conn.send(("invoke", inv))
-        except OSError:
-            deadline = 0.0  # the worker is gone: handled as a death below
-        while True:
-            left = deadline - time.time()
-            try:
-                ready = left > 0 and w.conn.poll(left)
-                msg = w.conn.recv() if ready else None
-            except (EOFError, OSError):
-                msg, ready = None, True
-            if not ready and w.popen.poll() is not None:
-                ready = True  # it died (e.g. could not even read the invocation)
-            if not ready:  # the deadline: Lambda kills the container
-                w.kill()
-                self._workers[w.slot] = None
-                if self._closing:
-                    return {"ok": False}
-                self._log(w.slot, f"{inv['request_id']} Task timed out after "
-                                  f"{self.timeout_ms / 1000:.2f} seconds (SIGKILL)")
-                self.stats.bump("kills_at_timeout", d.group)
-                return {"ok": False, "error_type": "Timeout",
-                        "error": f"Task timed out after {self.timeout_ms} ms"}
-            if msg is None:  # the process died
-                w.kill()
-                self._workers[w.slot] = None
-                if self._closing:
-                    return {"ok": False}
-                if crashed:
-                    with self._lock:
-                        self._crash_fired.add(d.key)
-                    self.stats.bump("crashes_injected", d.group)
-                    self._log(w.slot, f"{inv['request_id']} chaos: SIGKILL at {crashed}")
-                    return {"ok": False, "error_type": "Crash",
-                            "error": f"Runtime exited with signal: killed (chaos at {crashed})"}
-                return {"ok": False, "error_type": "RuntimeExited",
-                        "error": f"Runtime exited with code {w.popen.returncode}"}
-            kind = msg[0]
+        end = process.invoke(w, inv, deadline, self._on_message(d))
+        if end.kind != "done":
+            self._workers[w.slot] = None
+            if self._closing:
+                return {"ok": False}
+        if end.kind == "timeout":  # the deadline: Lambda killed the container
+            self._log(w.slot, f"{inv['request_id']} Task timed out after "
+                              f"{self.timeout_ms / 1000:.2f} seconds (SIGKILL)")
+            self.stats.bump("kills_at_timeout", d.group)
+            return {"ok": False, "error_type": "Timeout",
+                    "error": f"Task timed out after {self.timeout_ms} ms"}
+        if end.kind == "crashed":
+            self._crashes.fired(d.key)
+            self.stats.bump("crashes_injected", d.group)
+            self._log(w.slot, f"{inv['request_id']} chaos: SIGKILL at {end.crashed_at}")
+            return {"ok": False, "error_type": "Crash",
+                    "error": f"Runtime exited with signal: killed (chaos at {end.crashed_at})"}
+        if end.kind == "exited":
+            return {"ok": False, "error_type": "RuntimeExited",
+                    "error": f"Runtime exited with code {w.popen.returncode}"}
+        if not end.result.get("ok"):
+            self.stats.bump("function_errors", d.group)
+        return end.result
+
+    def _on_message(self, d: Delivery) -> Any:
+        def on_message(kind: str, *args: Any) -> None:
             if kind == "dispatch":
-                self._on_dispatch(msg[1])
+                self._on_dispatch(args[0])
             elif kind == "outcome":
-                self.stats.outcome(msg[1], msg[2])
+                self.stats.outcome(args[0], args[1])
             elif kind == "stat":
-                self.stats.bump(msg[1], msg[2])
-            elif kind == "crash":
-                crashed = msg[1]
-            elif kind == "done":
-                result: dict[str, Any] = msg[1]
-                if not result.get("ok"):
-                    self.stats.bump("function_errors", d.group)
-                return result
+                self.stats.bump(args[0], args[1])
+        return on_message
 
     def _lambda_retry(self, d: Delivery, result: dict[str, Any]) -> None:
         if d.attempt < self.max_retry_attempts:
@@ -613,15 +501,3 @@ def _group(event: dict[str, Any]) -> str | None:
     body = event.get("jobstate") or {}
     jt = body.get("job_type") or (body.get("start") or {}).get("job_type")
     return jt if isinstance(jt, str) else None
-
-
-def _rebuild_error(out: dict[str, Any]) -> JobStateError:
-    """The worker's exception as the same jobstate error class, if it is one."""
-    name, message = out.get("error_type") or "Error", out.get("error") or "unknown error"
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, JobStateError):
-        try:
-            return cls(message)
-        except TypeError:
-            pass
-    return LocalRuntimeError(f"{name}: {message}")

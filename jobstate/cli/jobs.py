@@ -1,0 +1,97 @@
+"""Reading jobs: `status`, `list`, `watch`, `history`."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from ..fanout import rollup
+from ..status import JobStatus
+from .base import (
+    cli,
+    connection,
+    emit,
+    follow,
+    json_flag,
+    out,
+    print_job,
+    progress_text,
+    settings,
+    when,
+)
+
+
+@cli.command()
+@connection
+@json_flag
+@click.argument("job_id")
+def status(as_json: bool, job_id: str) -> None:
+    """Show a job (tokens redacted)."""
+    store = settings().store()
+    view = store.get(job_id)
+    prog = rollup(store, view) if view.children_total else view.progress
+    if as_json:
+        data = view.to_dict()
+        if view.children_total:
+            data["children_progress"] = prog.to_dict()
+        emit(data)
+    else:
+        print_job(view, prog)
+
+
+@cli.command("list")
+@connection
+@json_flag
+@click.option("--type", "job_type", default=None, help="Only this job type.")
+@click.option("--status", "status_", type=click.Choice([s.value for s in JobStatus],
+                                                       case_sensitive=False), default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+def list_jobs(as_json: bool, job_type: str | None, status_: str | None, limit: int) -> None:
+    """List jobs, newest first."""
+    page = settings().store().list(job_type, status_.upper() if status_ else None, limit=limit)
+    if as_json:
+        emit({"jobs": [j.to_dict() for j in page.jobs], "next_token": page.next_token})
+        return
+    table = Table("job id", "type", "status", "step", "progress", "updated")
+    for j in page.jobs:
+        table.add_row(j.job_id, j.job_type, j.status.value, str(j.step),
+                      progress_text(j.progress), when(j.updated_at))
+    out.print(table if page.jobs else "no jobs")
+
+
+@cli.command()
+@connection
+@json_flag
+@click.argument("job_id")
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Give up after this many seconds (default: wait).")
+def watch(as_json: bool, job_id: str, interval: float, timeout_s: float | None) -> None:
+    """Follow a job's progress (rate and ETA) until it finishes."""
+    store = settings().store()
+    view = follow(store, job_id, timeout_s, interval=interval, quiet=as_json)
+    if as_json:
+        emit(view.to_dict())
+    else:
+        print_job(view)
+    if view.status != JobStatus.SUCCEEDED:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@connection
+@json_flag
+@click.argument("job_id")
+def history(as_json: bool, job_id: str) -> None:
+    """Step history: failures, retries, takeovers (every step if history is on)."""
+    store = settings().store()
+    store.get(job_id)  # a clear JobNotFound first
+    entries = store.history(job_id)
+    if as_json:
+        emit([e.to_dict() for e in entries])
+        return
+    table = Table("step", "event", "attempt", "started", "duration ms", "detail")
+    for e in entries:
+        table.add_row(str(e.step), e.event, str(e.attempt or ""), when(e.started_at),
+                      str(e.duration_ms or ""), (e.detail or "")[:120])
+    out.print(table if entries else f"no history items for {job_id}")

@@ -1,0 +1,200 @@
+"""Typed records of the table's items, decoded once at the edge.
+
+The logic never reads a raw attribute value: what DynamoDB returns (GetItem, Query,
+ALL_NEW, ALL_OLD, a transaction's refusal) becomes a `JobItem`, `EffectItem`, `ChildItem`
+or `ControlItem` here. JSON fields (cursor, tokens, ...) stay text: they are decoded
+where their meaning is known (records.py, store.py), tokens with the store's cipher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from .schema import CH, CTL, FX, SK, J, job_id_of
+from .status import JobStatus
+
+T = TypeVar("T")
+
+
+def _value(attr: Mapping[str, Any]) -> Any:
+    if "S" in attr:
+        return attr["S"]
+    if "N" in attr:
+        text = attr["N"]
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    if "BOOL" in attr:
+        return bool(attr["BOOL"])
+    return None
+
+
+def _decode(cls: type[T], raw: Mapping[str, Any], names: Mapping[str, str],
+            **given: Any) -> T:
+    """`cls` from the attributes of `raw` named in `names` (field -> attribute name);
+    absent attributes take the field's default; `given` fields are taken as they are."""
+    values = {}
+    for field_name, attr in names.items():
+        found = raw.get(attr)
+        if found is not None:
+            values[field_name] = _value(found)
+    values.update(given)
+    return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class JobItem:
+    """A job item as stored (JSON fields as text; tokens as written, maybe encrypted)."""
+
+    job_id: str
+    job_type: str
+    status: JobStatus
+    step: int
+    input: str | None = None
+    input_hash: str | None = None
+    cursor: str | None = None
+    tokens: str | None = None
+    progress: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: int | None = None
+    prev_owner: str | None = None
+    last_writer: str | None = None
+    attempt: int = 0
+    max_attempts: int | None = None
+    max_steps: int | None = None
+    deadline_at: int | None = None
+    not_before: int | None = None
+    wait_reason: str | None = None
+    pending: int | None = None
+    children_total: int | None = None
+    max_concurrency: int | None = None
+    parent_id: str | None = None
+    child_index: int | None = None
+    release_id: str | None = None
+    parent_step: int | None = None
+    parent_type: str | None = None
+    ancestors: str | None = None
+    spawn_step: int | None = None
+    child_type: str | None = None
+    child_policy: str | None = None
+    child_ids: str | None = None
+    result: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+    status_at: int | None = None
+    invocations: int = 0
+    takeovers: int = 0
+    retries: int = 0
+    run_ms: int = 0
+    sweeps: int = 0
+    redispatches: int = 0
+    hop: int = 0
+    history_on: bool = False
+    due_at: int | None = None
+    expires_at: int | None = None
+
+    def expired(self, now_ms: int) -> bool:
+        return expired(self.expires_at, now_ms)
+
+    def lease_live(self, now_ms: int) -> bool:
+        return bool(self.lease_owner) and (self.lease_expires_at or 0) >= now_ms
+
+
+_JOB_RENAMED = {"job_type": J.TYPE, "lease_owner": J.OWNER, "lease_expires_at": J.LEASE,
+                "deadline_at": J.DEADLINE, "created_at": J.CREATED, "updated_at": J.UPDATED,
+                "due_at": J.DUE, "expires_at": J.EXPIRES}
+# field -> attribute name; a field with no name in schema.J fails here, at import.
+_JOB_NAMES = {f.name: _JOB_RENAMED.get(f.name) or getattr(J, f.name.upper())
+              for f in fields(JobItem)}
+
+
+def job_item(raw: Mapping[str, Any]) -> JobItem:
+    status = raw.get(J.STATUS, {}).get("S")
+    return _decode(JobItem, raw, _JOB_NAMES, status=JobStatus(status))
+
+
+def indexed_job(raw: Mapping[str, Any]) -> JobItem:
+    """A job as an index projects it: its id from the key, what is not projected unset."""
+    status = raw.get(J.STATUS, {}).get("S")
+    return _decode(JobItem, raw, _JOB_NAMES, job_id=pk_job_id(raw), status=JobStatus(status))
+
+
+@dataclass(frozen=True, slots=True)
+class EffectItem:
+    """An effect record (`FX#<key>`)."""
+
+    key: str
+    state: str
+    owner: str = ""
+    step: int | None = None
+    result: str | None = None
+    started_at: int | None = None
+    done_at: int | None = None
+    semantics: str | None = None
+    runs: int = 1
+    lease_until: int | None = None
+    last_error: str | None = None
+    expires_at: int | None = None
+
+
+_EFFECT_NAMES = {"state": FX.STATE, "owner": FX.OWNER, "step": FX.STEP, "result": FX.RESULT,
+                 "started_at": FX.STARTED_AT, "done_at": FX.DONE_AT,
+                 "semantics": FX.SEMANTICS, "runs": FX.RUNS, "lease_until": FX.LEASE_UNTIL,
+                 "last_error": FX.LAST_ERROR, "expires_at": FX.EXPIRES}
+
+
+def effect_item(raw: Mapping[str, Any]) -> EffectItem:
+    key = str(raw[SK]["S"]).split("#", 1)[1]
+    return _decode(EffectItem, raw, _EFFECT_NAMES, key=key)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildItem:
+    """A child's link under its parent (`CHILD#<id>`), written when the child joined."""
+
+    child_id: str
+    status: str
+    index: int | None = None
+    result: str | None = None
+    error: str | None = None
+    joined_at: int | None = None
+    expires_at: int | None = None
+
+
+_CHILD_NAMES = {"child_id": CH.CHILD_ID, "status": CH.STATUS, "index": CH.INDEX,
+                "result": CH.RESULT, "error": CH.ERROR, "joined_at": CH.JOINED_AT,
+                "expires_at": CH.EXPIRES}
+
+
+def child_item(raw: Mapping[str, Any]) -> ChildItem:
+    return _decode(ChildItem, raw, _CHILD_NAMES)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlItem:
+    """A job type's control item (its pause flag)."""
+
+    job_type: str
+    paused: bool = False
+    reason: str | None = None
+    updated_at: int | None = None
+    waking: str | None = None
+
+
+def control_item(raw: Mapping[str, Any]) -> ControlItem:
+    job_type = str(raw["pk"]["S"]).split("#", 1)[1]
+    return _decode(ControlItem, raw, {"paused": CTL.PAUSED, "reason": CTL.REASON,
+                                      "updated_at": CTL.UPDATED, "waking": CTL.WAKING},
+                   job_type=job_type)
+
+
+def pk_job_id(raw: Mapping[str, Any]) -> str:
+    """The job id in a raw item's partition key."""
+    return job_id_of(str(raw["pk"]["S"]))
+
+
+def expired(expires_at_s: int | None, now_ms: int) -> bool:
+    """TTL deletes late (up to days): an item past its `expires_at` reads as absent."""
+    return expires_at_s is not None and expires_at_s * 1000 < now_ms

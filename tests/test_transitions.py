@@ -1,0 +1,287 @@
+"""The transition table (transitions.TRANSITIONS, shown in docs/concepts.md) is what the
+code does: each transition is applied to a job in the state it expects, and the change
+of status, step and lease read back from the table is the one the table states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import jobstate
+from jobstate import schema, transitions
+from jobstate.items import JobItem, job_item
+from jobstate.lease import Lease, State, new_owner
+from jobstate.status import JobStatus
+
+pytestmark = pytest.mark.integration
+
+Scenario = Callable[[jobstate.JobStore], tuple[str, JobItem | None]]
+
+
+def created(store: jobstate.JobStore, job_id: str = "t", **extra: Any) -> str:
+    _, item = store.new_job_item("kind", {"n": 1}, job_id, jobstate.Limits(), extra=extra)
+    transitions.create(store, item)
+    return job_id
+
+
+def claimed(store: jobstate.JobStore, job_id: str = "t") -> Lease:
+    created(store, job_id)
+    until = store.clock.now_ms() + 60_000
+    owner = new_owner("req")
+    transitions.claim(store, job_id, 0, owner, until)
+    job = store.get(job_id, secrets=True)
+    return Lease(job_id, "kind", 0, owner, until, store.clock.now_ms(), "req", job)
+
+
+def state(store: jobstate.JobStore, lease: Lease) -> State:
+    return State.encode(store, {"at": 1}, {}, {"done": 1, "total": 2, "unit": None},
+                        job_id=lease.job_id)
+
+
+def item(store: jobstate.JobStore, job_id: str = "t") -> JobItem | None:
+    return store.get_job_item(job_id)
+
+
+def sc_create(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    return "t", None
+
+
+def sc_claim(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    created(store)
+    return "t", item(store)
+
+
+SCENARIOS: dict[str, tuple[Scenario, Callable[[jobstate.JobStore], None]]] = {}
+
+
+def scenario(name: str, before: Scenario) -> Callable[[Callable[[jobstate.JobStore], None]],
+                                                       Callable[[jobstate.JobStore], None]]:
+    def register(apply: Callable[[jobstate.JobStore], None]) -> Callable[[jobstate.JobStore],
+                                                                         None]:
+        SCENARIOS[name] = (before, apply)
+        return apply
+    return register
+
+
+def _leased(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    lease = claimed(store)
+    store.test_lease = lease  # type: ignore[attr-defined]
+    return "t", item(store)
+
+
+def _lease(store: jobstate.JobStore) -> Lease:
+    lease: Lease = store.test_lease  # type: ignore[attr-defined]
+    return lease
+
+
+@scenario("create", sc_create)
+def _create(store: jobstate.JobStore) -> None:
+    created(store)
+
+
+@scenario("claim", sc_claim)
+def _claim(store: jobstate.JobStore) -> None:
+    transitions.claim(store, "t", 0, new_owner("req"), store.clock.now_ms() + 60_000)
+
+
+@scenario("checkpoint", _leased)
+def _checkpoint(store: jobstate.JobStore) -> None:
+    transitions.checkpoint(store, _lease(store), state(store, _lease(store)))
+
+
+@scenario("commit", _leased)
+def _commit(store: jobstate.JobStore) -> None:
+    transitions.commit(store, _lease(store), state(store, _lease(store)), hop=2)
+
+
+@scenario("wait", _leased)
+def _wait(store: jobstate.JobStore) -> None:
+    transitions.commit(store, _lease(store), state(store, _lease(store)),
+                       wait_until_ms=store.clock.now_ms() + 3_600_000, wait_reason="sleep")
+
+
+@scenario("retry", _leased)
+def _retry(store: jobstate.JobStore) -> None:
+    transitions.retry(store, _lease(store), "boom", "Error", attempt=1,
+                      at_ms=store.clock.now_ms() + 1_000)
+
+
+@scenario("defer", _leased)
+def _defer(store: jobstate.JobStore) -> None:
+    transitions.defer(store, _lease(store), store.clock.now_ms() + 1_000, "in flight")
+
+
+@scenario("spawn", _leased)
+def _spawn(store: jobstate.JobStore) -> None:
+    transitions.spawn(store, _lease(store), state(store, _lease(store)), count=2,
+                      child_type="kind", policy="fail", max_concurrency=None,
+                      child_ids_json=None)
+
+
+@scenario("finish", _leased)
+def _finish(store: jobstate.JobStore) -> None:
+    lease = _lease(store)
+    upd = transitions.finish_update(store, lease, state(store, lease), JobStatus.SUCCEEDED,
+                                    result_json="1")
+    transitions.finish(store, lease, upd, JobStatus.SUCCEEDED)
+
+
+@scenario("release", _leased)
+def _release(store: jobstate.JobStore) -> None:
+    transitions.release(store, _lease(store))
+
+
+def _leased_then_cancelled(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    _leased(store)
+    transitions.cancel(store, "t", "kind", "stop")
+    return "t", item(store)
+
+
+@scenario("release-cancelled", _leased_then_cancelled)
+def _release_cancelled(store: jobstate.JobStore) -> None:
+    transitions.release_cancelled(store, _lease(store))
+
+
+@scenario("cancel", sc_claim)
+def _cancel(store: jobstate.JobStore) -> None:
+    transitions.cancel(store, "t", "kind", "stop")
+
+
+def _cancelled(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    created(store)
+    transitions.cancel(store, "t", "kind", "stop")
+    return "t", item(store)
+
+
+@scenario("resume", _cancelled)
+def _resume(store: jobstate.JobStore) -> None:
+    found = item(store)
+    assert found is not None
+    transitions.resume(store, found, max_steps=None, deadline_at=found.deadline_at)
+
+
+@scenario("wake", sc_claim)
+def _wake(store: jobstate.JobStore) -> None:
+    transitions.wake(store, "t")
+
+
+@scenario("join", sc_claim)
+def _join(store: jobstate.JobStore) -> None:
+    store.transact([transitions.join_action(store, "t")])
+
+
+def _queued(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    _, raw = store.new_job_item("kind", None, "t", jobstate.Limits(), runnable_now=False)
+    transitions.create(store, raw)
+    return "t", item(store)
+
+
+@scenario("release-sibling", _queued)
+def _release_sibling(store: jobstate.JobStore) -> None:
+    store.transact([transitions.release_sibling_action(store, "t")])
+
+
+def _spawned_then_cancelled(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    lease = claimed(store, "parent")
+    store.test_lease = lease  # type: ignore[attr-defined]
+    created(store, "t", **{schema.J.PARENT_ID: "parent", schema.J.PARENT_STEP: 0})
+    transitions.cancel(store, "parent", "kind", "stop")
+    return "t", item(store)
+
+
+@scenario("withdraw", _spawned_then_cancelled)
+def _withdraw(store: jobstate.JobStore) -> None:
+    lease = _lease(store)
+    store.transact([transitions.withdraw_check(store, lease),
+                    transitions.withdraw_action(store, lease, "t")])
+
+
+def _due(store: jobstate.JobStore) -> JobItem:
+    found = item(store)
+    assert found is not None and found.due_at is not None
+    return found
+
+
+@scenario("sweep-take", sc_claim)
+def _sweep_take(store: jobstate.JobStore) -> None:
+    transitions.sweep_take(store, "t", 0, _due(store).due_at or 0, store.clock.now_ms())
+
+
+@scenario("sweep-postpone", sc_claim)
+def _sweep_postpone(store: jobstate.JobStore) -> None:
+    due = _due(store).due_at or 0
+    transitions.sweep_postpone(store, "t", 0, due, due + 60_000)
+
+
+def _finished_but_due(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    created(store)
+    transitions.cancel(store, "t", "kind", "stop")
+    store.transact([transitions.join_action(store, "t")])  # a late join makes it due
+    return "t", item(store)
+
+
+@scenario("sweep-undue", _finished_but_due)
+def _sweep_undue(store: jobstate.JobStore) -> None:
+    transitions.sweep_undue(store, "t", JobStatus.CANCELLED)
+
+
+def stored(store: jobstate.JobStore, job_id: str) -> JobItem | None:
+    """The item as stored, expired or not."""
+    raw = store.call("get_item", Key=schema.job_key(job_id), ConsistentRead=True).get("Item")
+    return job_item(raw) if raw else None
+
+
+def _expired(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    created(store)
+    transitions.cancel(store, "t", "kind", "stop")
+    store.clock.advance(store.retention_s + 10)  # type: ignore[attr-defined]
+    return "t", stored(store, "t")
+
+
+@scenario("purge", _expired)
+def _purge(store: jobstate.JobStore) -> None:
+    transitions.purge(store, "t")
+
+
+def observed(before: JobItem | None, after: JobItem | None) -> dict[str, str]:
+    if after is None:
+        return {"status": "deleted", "step": "-", "lease": "-"}
+    if before is None:
+        return {"status": after.status.value, "step": str(after.step),
+                "lease": "none" if after.lease_owner is None else "taken"}
+    # "=": unchanged; a status named in the table is accepted as the outcome even when
+    # it was already that (a commit leaves a RUNNING job RUNNING).
+    status = ("=" if after.status == before.status else "") + "|" + after.status.value
+    step = {0: "=", 1: "+1"}.get(after.step - before.step, str(after.step - before.step))
+    if before.lease_owner == after.lease_owner:
+        lease = "="
+    else:
+        lease = "taken" if after.lease_owner else "released"
+    return {"status": status, "step": step, "lease": lease}
+
+
+def matches(declared: str, seen: str) -> bool:
+    options = [s for s in seen.split("|") if s]
+    return any(s == declared or s in declared.split("/") or declared.startswith(s + " ")
+               for s in options)
+
+
+@pytest.mark.parametrize("t", transitions.TRANSITIONS, ids=lambda t: t.name)
+def test_each_transition_changes_what_the_table_says(store: jobstate.JobStore,
+                                                     t: transitions.Transition) -> None:
+    assert t.name in SCENARIOS, f"no scenario for transition {t.name!r}: add one here"
+    before_fn, apply = SCENARIOS[t.name]
+    job_id, before = before_fn(store)
+    apply(store)
+    after = stored(store, job_id)
+    seen = observed(before, after)
+    for field in ("status", "step", "lease"):
+        assert matches(getattr(t, field), seen[field]), (t.name, field, getattr(t, field),
+                                                         seen[field])
+
+
+def test_every_scenario_is_a_transition() -> None:
+    assert set(SCENARIOS) == {t.name for t in transitions.TRANSITIONS}
