@@ -2,17 +2,18 @@
 
 Re-dispatches every job that needs attention — a lease that expired with its container,
 a continuation that was never delivered, a sleep or poll backoff that is over, a retry
-whose backoff ended — by Querying the sparse `due` index (never a Scan). Each due job is
+whose backoff ended — by Querying the sparse `due` index (the sleepers) and the ACTIVE
+bucket of the `by-type` index (the jobs in flight), never a Scan. Each due job is
 sent to the worker function of its type: `JOBSTATE_FUNCTIONS` maps job type -> function
 name (JSON), `JOBSTATE_DEFAULT_FUNCTION` catches types missing from the map. The sweeper
 never falls back to invoking itself.
 
 Draining: one run sweeps pages of `JOBSTATE_SWEEP_LIMIT` (default 500) due jobs and keeps
 following `next_token` while at least `JOBSTATE_SWEEP_RESERVE_MS` (default 10 s) of the
-invocation is left. Whatever is left when time runs out is logged, not handed on: every
-job the sweeper dispatched had its `due_at` moved forward, so the next scheduled run's
-Query starts at what is still due, and no invocation chain of the sweeper itself is
-needed (no self-invoke permission, no recursion to guard).
+invocation is left. Whatever is left when time runs out is logged, not handed on: the
+sweep saves where it stopped in the table (`sweep(resume=True)`), so the next scheduled
+run starts there, and no invocation chain of the sweeper itself is needed (no
+self-invoke permission, no recursion to guard).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def run(store: jobstate.JobStore, continuation: jobstate.Continuation, context: 
     token: str | None = None
     pages = 0
     while True:
-        report = jobstate.sweep(store, continuation, limit=limit, next_token=token)
+        report = jobstate.sweep(store, continuation, limit=limit, next_token=token,
+                                resume=True)
         pages += 1
         for k, v in report.to_dict().items():
             if isinstance(v, int):

@@ -237,24 +237,18 @@ class App:
         job_id = codec.validate_job_id(body["job_id"])
         step = body["step"]
         job_type = body.get("job_type")
-        ancestors = list(body.get("ancestors") or ())
-        if body.get("parent_type") and body["parent_type"] not in ancestors:
-            ancestors.append(body["parent_type"])  # an event from before `ancestors`
         if not isinstance(job_type, str):
             # An event written by hand names only the job: one read tells its type, so an
-            # unknown or paused type is refused before anything is written.
+            # unknown type is refused before anything is written.
             item = self.store.get_job_item(job_id)
             if item is None:
                 raise JobNotFound(
                     f"no job {job_id!r} in table {self.store.table_name!r}: the event names a "
                     "job that does not exist (wrong table, or it expired).", job_id=job_id)
-            known = self.store.view(item, secrets=False)
-            job_type, ancestors = known.job_type, list(known.ancestors)
+            job_type = item.job_type
         self.spec(job_type)  # unknown type: fail before any write
-        checked = (*ancestors, job_type)
-        paused = self._paused_among(checked)
-        if paused is not None:
-            return self._paused(job_id, step, paused, job_type)
+        # A paused type's jobs carry its mark, which the claim's condition refuses: no read
+        # of the pause flag per step, and no event (whatever types it names) gets past it.
         started = time.monotonic()
         deadline = self._deadline_ms(context)
         request_id = str(getattr(context, "aws_request_id", None) or uuid.uuid4())
@@ -266,13 +260,6 @@ class App:
             if claim.lease is None:
                 return self._report(job_id, step, job_type, StepOutcome(claim.outcome.value),
                                     claim.detail, claim.job.status if claim.job else None)
-            # The event's ancestors are what was checked; the job's own are the truth (an
-            # event that leaves some out must not get past their pause).
-            paused = self._paused_among(t for t in claim.lease.job.pause_types
-                                        if t not in checked)
-            if paused is not None:
-                transitions.release(self.store, claim.lease)
-                return self._paused(job_id, step, paused, job_type)
             report, retry_in_process = self._run_claimed(claim.lease, context, deadline,
                                                          claim.outcome)
             if retry_in_process is None:
@@ -363,9 +350,8 @@ class App:
                 return self._done(lease, StepOutcome.WAITING, "children", JobStatus.WAITING,
                                   nxt)
             if isinstance(returned, Wait):
-                nxt = transitions.commit(self.store, lease, state,
-                                         wait_until_ms=returned.until_ms,
-                                         wait_reason=returned.reason)
+                nxt = transitions.sleep(self.store, lease, state, until_ms=returned.until_ms,
+                                        reason=returned.reason)
                 return self._done(lease, StepOutcome.WAITING, returned.reason,
                                   JobStatus.WAITING, nxt)
             nxt = transitions.commit(self.store, lease, state, hop=_HOP.get() + 1)
@@ -451,13 +437,6 @@ class App:
         get = getattr(context, "get_remaining_time_in_millis", None)
         remaining = int(get()) if callable(get) else self.default_timeout_ms
         return now + remaining
-
-    def _paused_among(self, job_types: Any) -> str | None:
-        return next((t for t in job_types if self.store.is_paused(t)), None)
-
-    def _paused(self, job_id: str, step: int, paused: str, job_type: str) -> StepReport:
-        return self._report(job_id, step, job_type, StepOutcome.PAUSED,
-                            f"job type {paused!r} is paused; left due for the sweeper")
 
     def _done(self, lease: Lease, outcome: StepOutcome, detail: str,
               status: JobStatus | None, next_step: int | None = None) -> StepReport:

@@ -18,6 +18,7 @@ from .fanout import ChildView
 from .lease import Lease, State
 from .records import JobView, Progress
 from .retry import tenacity_delay_ms
+from .schema import INLINE_INPUT_BYTES
 from .signals import Suspend
 from .status import Semantics
 from .store import JobStore, Limits
@@ -134,9 +135,11 @@ class StepContext:
 
     @property
     def input_json(self) -> str:
-        """The job's input as stored (JSON), for the state budget."""
+        """The job's input as its job item holds it (JSON), for the item's size budget: ""
+        when it is big enough to live in its own item."""
         if self._input_json is None:
-            self._input_json = codec.dumps(self.input, "input")
+            text = codec.dumps(self.input, "input")
+            self._input_json = "" if codec.size_of(text) > INLINE_INPUT_BYTES else text
         return self._input_json
 
     def encoded_state(self) -> State:

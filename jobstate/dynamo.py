@@ -143,6 +143,7 @@ class Update:
     values: dict[str, Any] = field(default_factory=dict, repr=False)
     conditions: list[str] = field(default_factory=list)
     _name_of: dict[str, str] = field(default_factory=dict, repr=False)
+    _value_of: dict[tuple[type, Any], str] = field(default_factory=dict, repr=False)
 
     def n(self, attr: str) -> str:
         """The placeholder of attribute `attr`."""
@@ -153,9 +154,12 @@ class Update:
         return ph
 
     def v(self, value: Any) -> str:
-        """A placeholder holding `value`."""
-        ph = f":{len(self.values)}"
-        self.values[ph] = av(value)
+        """A placeholder holding `value` (one per distinct value)."""
+        memo = (type(value), value)
+        ph = self._value_of.get(memo)
+        if ph is None:
+            ph = self._value_of[memo] = f":{len(self.values)}"
+            self.values[ph] = av(value)
         return ph
 
     def set(self, attr: str, value: Any) -> Update:

@@ -113,16 +113,29 @@ def spawn(store: JobStore, lease: Lease, job_type: str, inputs: list[Any], *,
         raise InvalidInput(f"children nested more than {MAX_DEPTH} levels deep; a job tree "
                            "that deep is a runaway spawn.")
     ancestors_json = codec.dumps(ancestors, "ancestors")
-    items = []
+    # Children of a paused type (or below a paused ancestor) are created held.
+    held_by = store.pauses.holder([*ancestors, job_type])
+    items, inputs_items = [], []
     for i, (cid, inp) in enumerate(zip(ids, inputs, strict=True)):
         extra: dict[str, Any] = {J.PARENT_ID: lease.job_id, J.CHILD_INDEX: i,
                                  J.PARENT_TYPE: lease.job_type, J.ANCESTORS: ancestors_json,
                                  J.PARENT_STEP: lease.step}
         if i + k < n:
             extra[J.RELEASE_ID] = ids[i + k]
-        _, item = store.new_job_item(job_type, inp, cid, limits, runnable_now=i < k,
-                                     extra=extra)
-        items.append(item)
+        new = store.new_job_item(job_type, inp, cid, limits, runnable_now=i < k,
+                                 paused_by=held_by, extra=extra)
+        items.append(new.item)
+        if new.input is not None:
+            inputs_items.append(new.input)
+    for input_item in inputs_items:  # a child never exists without its input
+        try:
+            transitions.put_input(store, input_item)
+        except Refused:
+            raise JobConflict(
+                f"cannot spawn child {schema.job_id_of(input_item[schema.PK]['S'])!r} of job "
+                f"{lease.job_id!r}: a live job with that id has another input. Child ids must "
+                "be unique among live jobs; pass other child_ids.",
+                job_id=lease.job_id) from None
     _put_all_if_absent(store, items, lease.job_id, lease.step)
     route = {"parent_type": lease.job_type, "ancestors": ancestors}
     events = [step_event(ids[i], 0, job_type, **route) for i in range(min(k, n))]

@@ -57,7 +57,6 @@ class JobItem:
     progress: str | None = None
     lease_owner: str | None = None
     lease_expires_at: int | None = None
-    prev_owner: str | None = None
     last_writer: str | None = None
     attempt: int = 0
     max_attempts: int | None = None
@@ -84,15 +83,18 @@ class JobItem:
     created_at: int | None = None
     updated_at: int | None = None
     status_at: int | None = None
+    paused_by: str | None = None
     invocations: int = 0
     takeovers: int = 0
     retries: int = 0
     run_ms: int = 0
     sweeps: int = 0
     redispatches: int = 0
+    swept_at: int | None = None
     hop: int = 0
     history_on: bool = False
     due_at: int | None = None
+    list_key: str | None = None
     expires_at: int | None = None
 
     def expired(self, now_ms: int) -> bool:
@@ -101,24 +103,38 @@ class JobItem:
     def lease_live(self, now_ms: int) -> bool:
         return bool(self.lease_owner) and (self.lease_expires_at or 0) >= now_ms
 
+    def in_bucket(self, bucket: str) -> bool:
+        """Whether its by-type index entry is in `bucket` (ACTIVE, ASLEEP, PAUSED, ...)."""
+        return (self.list_key or "").startswith(bucket + "#")
+
 
 _JOB_RENAMED = {"job_type": J.TYPE, "lease_owner": J.OWNER, "lease_expires_at": J.LEASE,
                 "deadline_at": J.DEADLINE, "created_at": J.CREATED, "updated_at": J.UPDATED,
-                "due_at": J.DUE, "expires_at": J.EXPIRES}
+                "due_at": J.DUE, "list_key": J.LIST_KEY, "expires_at": J.EXPIRES}
 # field -> attribute name; a field with no name in schema.J fails here, at import.
 _JOB_NAMES = {f.name: _JOB_RENAMED.get(f.name) or getattr(J, f.name.upper())
               for f in fields(JobItem)}
 
 
+# A lease expiry or a wait of 0 is stored for "none" (the claim's condition is then one
+# comparison each, not an existence test as well): read back as None.
+_ZERO_IS_NONE = {J.LEASE: "lease_expires_at", J.NOT_BEFORE: "not_before"}
+
+
 def job_item(raw: Mapping[str, Any]) -> JobItem:
     status = raw.get(J.STATUS, {}).get("S")
-    return _decode(JobItem, raw, _JOB_NAMES, status=JobStatus(status))
+    return _decode(JobItem, raw, _JOB_NAMES, status=JobStatus(status), **_none_for_zero(raw))
 
 
 def indexed_job(raw: Mapping[str, Any]) -> JobItem:
     """A job as an index projects it: its id from the key, what is not projected unset."""
     status = raw.get(J.STATUS, {}).get("S")
-    return _decode(JobItem, raw, _JOB_NAMES, job_id=pk_job_id(raw), status=JobStatus(status))
+    return _decode(JobItem, raw, _JOB_NAMES, job_id=pk_job_id(raw), status=JobStatus(status),
+                   **_none_for_zero(raw))
+
+
+def _none_for_zero(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {f: None for attr, f in _ZERO_IS_NONE.items() if raw.get(attr) == {"N": "0"}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,6 @@ from .errors import StateNotSerializable
 from .records import JobView
 from .table import Table
 
-NO_OWNER = "-"
-
 
 @dataclass(frozen=True)
 class Lease:
@@ -30,9 +28,10 @@ class Lease:
 
 
 def new_owner(request_id: str) -> str:
-    # Lambda may deliver one event twice with the same request id: add a nonce so two
-    # deliveries never share a lease.
-    return f"{request_id[:64]}/{uuid.uuid4().hex[:12]}"
+    """A lease owner: random (Lambda may deliver one event twice with the same request
+    id, and two deliveries must never share a lease), short (every write of the step
+    carries it). The request id is kept in the step's history items."""
+    return uuid.uuid4().hex[:16]
 
 
 @dataclass(frozen=True)

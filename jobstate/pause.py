@@ -1,21 +1,33 @@
-"""The kill switch of a job type: its control item `TYPE#<type>/CONTROL`, a per-container
-cache of it, and the wake that makes a resumed type's held jobs due again."""
+"""The kill switch of a job type.
+
+Pausing a type writes its control item `TYPE#<type>/CONTROL`, then marks each unfinished
+job of the type, and of the job trees below them, as held (`pause-mark`): the claim's own
+condition refuses a held job, so a step costs no read of the flag and no event gets past
+it, whatever types it names. Resuming clears the marks (`unpause`), which makes the jobs
+ready for the next sweep. A job created while its type (or an ancestor's) is paused is
+created held; the sweeper marks any job a pause missed (the index it lists them from is
+eventually consistent) when it meets one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import codec, dynamo, schema, transitions
 from .dynamo import Refused, Update, av
 from .errors import StoreUnavailable
-from .items import control_item, job_item, pk_job_id
-from .records import child_ids_of
-from .schema import ACTIVE, CTL, J
+from .items import JobItem, control_item, job_item, pk_job_id
+from .records import ancestors_of, child_ids_of
+from .schema import CTL, J
 from .status import JobStatus
 from .table import Table
+
+_MARK_TRIES = 5  # a job listed in a new bucket since it was read is read again, this often
 
 
 class PauseSwitch:
@@ -27,59 +39,140 @@ class PauseSwitch:
         self._lock = threading.Lock()
 
     def switch(self, job_type: str, paused: bool, reason: str = "") -> int:
-        """Pause or resume a job type. Resuming makes its jobs (and their children, which
-        a paused ancestor paused too) due now, so the next sweep dispatches them.
+        """Pause or resume a job type. Returns how many held jobs a resume let go (ready for
+        the next sweep); 0 when pausing.
 
-        Returns how many jobs were made due (0 when pausing). Both are idempotent:
-        resuming a type that is not paused writes nothing and wakes nothing (its jobs were
-        not held), so a repeated resume is a no-op — except after a resume that died
-        while waking the jobs (the control item names that wake until it is done): then
-        resuming again wakes them (a resume meeting a live wake wakes again: harmless).
+        Both are idempotent: resuming a type that is not paused changes nothing — except
+        after a resume that died while letting its jobs go (the control item names that
+        wake until it is done): then resuming again finishes it.
         """
         codec.validate_job_type(job_type)
         key = schema.control_key(job_type)
         now = self.table.clock.now_ms()
-        wake = uuid.uuid4().hex  # this resume's wake: only it may say the wake is done
         if paused:
             self.table.put({**key, CTL.PAUSED: av(True),
                             CTL.REASON: av(reason or "paused by operator"),
                             CTL.UPDATED: av(now)})
             self._remember(job_type, True)
+            self.hold(job_type, self._jobs_of(job_type))
             return 0
+        wake = uuid.uuid4().hex  # this resume's wake: only it may say the wake is done
         upd = (Update().set(CTL.PAUSED, False).set(CTL.REASON, reason or "resumed")
                .set(CTL.UPDATED, now).set(CTL.WAKING, wake))
         upd.where(f"{upd.eq(CTL.PAUSED, True)} OR {upd.exists(CTL.WAKING)}")
         try:
             self.table.update(key, upd)
         except Refused:
-            # Not paused (or never was): none of its jobs were held.
-            self._remember(job_type, False)
+            self._remember(job_type, False)  # not paused (or never was): nothing held
             return 0
         self._remember(job_type, False)
-        woken = self._wake_type(job_type)
+        let_go = self._let_go(job_type, self._jobs_of(job_type), seen=set())
         # Refused: paused again since, or another resume's wake runs now (it clears its
         # own). Not written: the next resume wakes again, which is harmless.
         done = Update().remove(CTL.WAKING)
         with contextlib.suppress(Refused, StoreUnavailable):
             self.table.update(key, done.where(done.eq(CTL.WAKING, wake)))
-        return woken
+        return let_go
+
+    def hold(self, job_type: str, ids: Iterable[str], seen: set[str] | None = None) -> int:
+        """Mark the unfinished jobs `ids` and their descendants as held by `job_type`."""
+        seen = set() if seen is None else seen
+        todo = [i for i in dict.fromkeys(ids) if i not in seen]
+        seen.update(todo)
+        held = 0
+        children: list[str] = []
+        for item in self._read(todo):
+            if item.status.terminal:
+                continue
+            children.extend(self._children(item))
+            held += self._apply(transitions.pause_mark, item, job_type)
+        return held + (self.hold(job_type, children, seen) if children else 0)
+
+    def _let_go(self, job_type: str, ids: Iterable[str], *, seen: set[str]) -> int:
+        todo = [i for i in dict.fromkeys(ids) if i not in seen]
+        seen.update(todo)
+        let_go = 0
+        children: list[str] = []
+        for item in self._read(todo):
+            if item.status.terminal:
+                continue
+            children.extend(self._children(item))
+            others = [t for t in (*ancestors_of(item), item.job_type) if t != job_type]
+            other = self.holder(others)
+            if other is None:
+                let_go += self._apply(transitions.unpause, item, job_type)
+            else:  # still held by another paused type: hand it over, do not let it go
+                self._apply(functools.partial(transitions.unpause, still_held_by=other),
+                            item, job_type)
+        return let_go + (self._let_go(job_type, children, seen=seen) if children else 0)
+
+    def _apply(self, change: Callable[[Table, JobItem, str], None], item: JobItem,
+               job_type: str) -> int:
+        """Mark or unmark one job: 1 if done, 0 if it no longer applies (finished meanwhile,
+        held by another paused type, not held by this one). A job whose step moved it to
+        another by-type bucket since it was read is read again and tried again."""
+        for _ in range(_MARK_TRIES):
+            try:
+                change(self.table, item, job_type)
+                return 1
+            except Refused:
+                raw = self.table.get_item(schema.job_key(item.job_id))
+                if raw is None:
+                    return 0
+                again = job_item(raw)
+                if again.status.terminal or again.list_key == item.list_key:
+                    return 0  # refused for what it is, not for where it is listed
+                item = again
+        raise StoreUnavailable(
+            f"job {item.job_id!r} kept moving while being marked for {job_type!r}'s pause; "
+            "run the pause or resume again")
+
+    def _read(self, ids: list[str]) -> Iterator[JobItem]:
+        return map(job_item, self.table.batch_get([schema.job_key(i) for i in ids]))
+
+    def _children(self, item: JobItem) -> list[str]:
+        if item.children_total and item.status == JobStatus.WAITING:
+            return child_ids_of(self.table.view(item, secrets=False))
+        return []
+
+    def _jobs_of(self, job_type: str) -> list[str]:
+        """Every unfinished job of the type (in flight or asleep), from the by-type index."""
+        names = {"#k": J.LIST_SHARD, "#r": J.LIST_KEY}
+        ids: list[str] = []
+        for bucket in (schema.ACTIVE, schema.ASLEEP, schema.PAUSED):
+            values: dict[str, Any] = {":p": av(schema.list_prefix(bucket, job_type))}
+            for lk in schema.list_shards():
+                shard_values = {**values, ":lk": av(lk)}
+                ids.extend(pk_job_id(item) for item in dynamo.pages(
+                    lambda start, v=shard_values: self.table.call(  # type: ignore[misc]
+                        "query", IndexName=schema.LIST_INDEX,
+                        KeyConditionExpression="#k = :lk AND begins_with(#r, :p)",
+                        ExpressionAttributeNames=names, ExpressionAttributeValues=v,
+                        **dynamo.start_at(start))))
+        return ids
+
+    # -- reading the flags ---------------------------------------------------------------
 
     def state(self, job_type: str) -> bool | None:
         """True if paused, False if paused and resumed since, None if never paused."""
         codec.validate_job_type(job_type)
-        return self._read(job_type, consistent=True)
+        return self._flag(job_type, consistent=True)
 
     def is_paused(self, job_type: str, *, fresh: bool = False) -> bool:
-        """Whether the type is paused; cached per container for `pause_cache_s`."""
+        """Whether the type is paused; cached per container for `pause_cache_s` (for job
+        creation and the sweeper; a step never reads it)."""
         now = self.table.clock.now_ms()
         with self._lock:
             hit = self._cache.get(job_type)
         if hit is not None and hit[0] > now and not fresh:
             return hit[1]
-        # A kill switch may take a second to be seen: half the price of a strong read.
-        paused = bool(self._read(job_type, consistent=fresh))
+        paused = bool(self._flag(job_type, consistent=fresh))
         self._remember(job_type, paused)
         return paused
+
+    def holder(self, job_types: Iterable[str], *, fresh: bool = False) -> str | None:
+        """The first of `job_types` that is paused (a new job is created held by it)."""
+        return next((t for t in job_types if self.is_paused(t, fresh=fresh)), None)
 
     def types(self) -> dict[str, bool]:
         """Control items of every type that was ever paused (a small Scan; operator use)."""
@@ -99,42 +192,7 @@ class PauseSwitch:
             self._cache[job_type] = (self.table.clock.now_ms() + self.table.pause_cache_ms,
                                      paused)
 
-    def _read(self, job_type: str, *, consistent: bool) -> bool | None:
+    def _flag(self, job_type: str, *, consistent: bool) -> bool | None:
         """The type's pause flag as stored; None without a control item."""
         raw = self.table.get_item(schema.control_key(job_type), consistent=consistent)
         return None if raw is None else control_item(raw).paused
-
-    def _wake_type(self, job_type: str) -> int:
-        """Make every ready, unleased job of the type, and of its job trees, due now."""
-        values: dict[str, Any] = {":p": av(f"{job_type}#{ACTIVE}#")}
-        names = {"#k": J.LIST_SHARD, "#r": J.LIST_KEY}
-        ids: list[str] = []
-        for lk in schema.list_shards():
-            shard_values = {**values, ":lk": av(lk)}
-            ids.extend(pk_job_id(item) for item in dynamo.pages(
-                lambda start, v=shard_values: self.table.call(  # type: ignore[misc]
-                    "query", IndexName=schema.LIST_INDEX,
-                    KeyConditionExpression="#k = :lk AND begins_with(#r, :p)",
-                    ExpressionAttributeNames=names, ExpressionAttributeValues=v,
-                    **dynamo.start_at(start))))
-        return self._wake(ids, seen=set())
-
-    def _wake(self, ids: list[str], *, seen: set[str]) -> int:
-        woken = 0
-        todo = [i for i in dict.fromkeys(ids) if i not in seen]
-        seen.update(todo)
-        children: list[str] = []
-        for item in map(job_item, self.table.batch_get([schema.job_key(i) for i in todo])):
-            if item.status.terminal:
-                continue
-            if item.children_total and item.status == JobStatus.WAITING:
-                # Paused with their ancestor.
-                children.extend(child_ids_of(self.table.view(item, secrets=False)))
-            try:
-                transitions.wake(self.table, item.job_id)
-                woken += 1
-            except Refused:
-                continue
-        if children:
-            woken += self._wake(children, seen=seen)
-        return woken

@@ -16,7 +16,7 @@ from . import history, joins, observe, schema, transitions
 from .dynamo import Refused
 from .errors import InvalidEvent, JobNotFound, LeaseLost, StoreUnavailable, TokensUnreadable
 from .items import JobItem, job_item
-from .lease import NO_OWNER, Lease, State, new_owner
+from .lease import Lease, State, new_owner
 from .records import JobView
 from .status import ClaimOutcome, JobStatus
 from .table import Table
@@ -53,22 +53,22 @@ def claim(
     now = table.clock.now_ms()
     owner = new_owner(request_id)
     try:
-        raw = transitions.claim(table, job_id, step, owner, lease_until_ms,
+        old = transitions.claim(table, job_id, step, owner, lease_until_ms,
                                 waiting_children_ok=waiting_children_ok, job_type=job_type)
+        item, prev = transitions.claimed(old, owner, lease_until_ms, now), old.lease_owner
     except Refused as refusal:
-        old = job_item(refusal.old) if refusal.old is not None else None
-        if old is None or not _is_mine(old, owner, step):
-            return _why_not(table, job_id, step, old, now, job_type)
+        found = job_item(refusal.old) if refusal.old is not None else None
+        if found is None or not _is_mine(found, owner, step):
+            return _why_not(table, job_id, step, found, now, job_type)
         # botocore retried a claim whose first attempt was applied (its response was
-        # lost): the record already names this invocation, so the claim is ours.
-        raw = refusal.old or {}
-    item = job_item(raw)
+        # lost): the record already names this invocation, so the claim is ours (whether
+        # it took over from someone is not known any more).
+        item, prev = found, None
     try:
         job = table.view(item)
     except TokensUnreadable as exc:
         return _park_unreadable(table, item, step, owner, lease_until_ms, now, request_id, exc)
-    prev = item.prev_owner or NO_OWNER
-    takeover = prev != NO_OWNER
+    takeover = prev is not None
     lease = Lease(job_id, job.job_type, step, owner, lease_until_ms, now, request_id, job,
                   takeover)
     outcome = ClaimOutcome.TAKEOVER if takeover else ClaimOutcome.CLAIMED
@@ -117,6 +117,10 @@ def _why_not(table: Table, job_id: str, step: int, item: JobItem | None, now: in
             "builds them (jobstate.step_event), or leave job_type out.", job_id=job_id)
     if job.status.terminal:
         return ClaimResult(ClaimOutcome.FINISHED, None, job, f"job is {job.status.value}")
+    if job.paused_by is not None:
+        return ClaimResult(ClaimOutcome.PAUSED, None, job,
+                           f"job type {job.paused_by!r} is paused; the job is held until it "
+                           "is resumed")
     if job.step > step:
         return ClaimResult(ClaimOutcome.DUPLICATE, None, job, f"job is at step {job.step}")
     if job.step < step:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec, redact
+from . import codec, readiness, redact
 from .items import JobItem
 from .status import JobStatus
 
@@ -70,6 +70,17 @@ class JobView:
     child_type: str | None = None
     child_policy: str | None = None
     child_ids: list[str] | None = None
+    paused_by: str | None = None  # the job type whose pause holds this job (its or an ancestor's)
+
+    @property
+    def paused(self) -> bool:
+        """Held by a paused job type: its steps are refused until the type is resumed."""
+        return self.paused_by is not None
+
+    @property
+    def display_status(self) -> str:
+        """The status as an operator reads it: PAUSED for a held job that is not finished."""
+        return "PAUSED" if self.paused and not self.status.terminal else self.status.value
 
     @property
     def pause_types(self) -> tuple[str, ...]:
@@ -115,6 +126,9 @@ class JobView:
             "takeovers": self.takeovers,
             "retries": self.retries,
             "run_ms": self.run_ms,
+            "paused": self.paused,
+            "paused_by": self.paused_by,
+            "display_status": self.display_status,
         }
 
     def __repr__(self) -> str:
@@ -174,19 +188,27 @@ class Page:
 # -- derived from a job record ---------------------------------------------------------------
 
 
-def job_view(item: JobItem, tokens: dict[str, Any]) -> JobView:
-    """The public view of a job item (`tokens` decoded, or redacted, by the store)."""
+INLINE = object()  # job_view: the input is the item's own
+
+
+def job_view(item: JobItem, tokens: dict[str, Any], input: Any = INLINE, *,
+             dispatch_timeout_ms: int = 120_000) -> JobView:
+    """The public view of a job item (`tokens` decoded, or redacted, by the store; `input`
+    read from the job's input item when it is not inline; `due_at` when the sweeper next
+    acts on it, given the dispatch timeout)."""
     prog = codec.loads(item.progress, {}) or {}
     return JobView(
         job_id=item.job_id, job_type=item.job_type, status=item.status, step=item.step,
-        input=codec.loads(item.input), cursor=codec.loads(item.cursor, {}) or {},
+        input=codec.loads(item.input) if input is INLINE else input,
+        cursor=codec.loads(item.cursor, {}) or {},
         tokens=tokens,
         progress=Progress(prog.get("done", 0), prog.get("total"), prog.get("unit")),
         result=codec.loads(item.result), error=item.error, error_type=item.error_type,
         attempt=item.attempt, max_attempts=item.max_attempts, max_steps=item.max_steps,
         deadline_at=item.deadline_at, lease_owner=item.lease_owner,
         lease_expires_at=item.lease_expires_at, not_before=item.not_before,
-        due_at=item.due_at, wait_reason=item.wait_reason, parent_id=item.parent_id,
+        due_at=readiness.due_at(item, dispatch_timeout_ms), wait_reason=item.wait_reason,
+        parent_id=item.parent_id,
         pending_children=item.pending, children_total=item.children_total,
         created_at=item.created_at, updated_at=item.updated_at,
         invocations=item.invocations, takeovers=item.takeovers, retries=item.retries,
@@ -195,6 +217,7 @@ def job_view(item: JobItem, tokens: dict[str, Any]) -> JobView:
         parent_type=item.parent_type, ancestors=ancestors_of(item),
         spawn_step=item.spawn_step, child_type=item.child_type,
         child_policy=item.child_policy, child_ids=codec.loads(item.child_ids),
+        paused_by=item.paused_by,
     )
 
 

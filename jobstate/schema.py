@@ -34,49 +34,48 @@ LIST_INDEX = "by-type"
 DUE_INDEX = "due"
 LIST_SHARDS = 8
 DUE_SHARDS = 8
-ACTIVE = "ACTIVE"  # list-index bucket of every non-terminal job
 
 
 class J:
-    """Attribute names of a job item."""
+    """Attribute names of a job item.
 
-    JOB_ID, TYPE, STATUS, STEP = "job_id", "job_type", "status", "step"
-    INPUT, INPUT_HASH = "input", "input_hash"
-    CURSOR, TOKENS, PROGRESS = "cursor", "tokens", "progress"
-    OWNER, LEASE, PREV_OWNER, LAST_WRITER = (
-        "lease_owner", "lease_expires_at", "prev_owner", "last_writer")
-    ATTEMPT, MAX_ATTEMPTS, MAX_STEPS, DEADLINE = (
-        "attempt", "max_attempts", "max_steps", "deadline_at")
-    NOT_BEFORE, WAIT_REASON = "not_before", "wait_reason"
-    PENDING, CHILDREN_TOTAL, MAX_CONCURRENCY = "pending", "children_total", "max_concurrency"
-    PARENT_ID, CHILD_INDEX, RELEASE_ID, PARENT_STEP = (
-        "parent_id", "child_index", "release_id", "parent_step")
-    PARENT_TYPE, ANCESTORS = "parent_type", "ancestors"
-    SPAWN_STEP, CHILD_TYPE, CHILD_POLICY, CHILD_IDS = (
-        "spawn_step", "child_type", "child_policy", "child_ids")
-    RESULT, ERROR, ERROR_TYPE = "result", "error", "error_type"
-    CREATED, UPDATED, STATUS_AT, VERSION = "created_at", "updated_at", "status_at", "version"
-    INVOCATIONS, TAKEOVERS, RETRIES, RUN_MS = "invocations", "takeovers", "retries", "run_ms"
-    SWEEPS, REDISPATCHES, HOP = "sweeps", "redispatches", "hop"
-    HISTORY_ON = "history_on"
-    DUE, DUE_SHARD = "due_at", "dk"
+    Short, since every step's two writes carry them (request bytes, item size: an
+    UpdateItem bills the whole item in 1 KB units). `docs/concepts.md` has the legend.
+    """
+
+    JOB_ID, TYPE, STATUS, STEP = "id", "ty", "st", "sn"
+    INPUT, INPUT_HASH = "in", "ih"
+    CURSOR, TOKENS, PROGRESS = "cu", "tk", "pg"
+    OWNER, LEASE, LAST_WRITER = "lo", "le", "lw"
+    ATTEMPT, MAX_ATTEMPTS, MAX_STEPS, DEADLINE = "at", "ma", "ms", "dl"
+    NOT_BEFORE, WAIT_REASON = "nb", "wr"
+    PENDING, CHILDREN_TOTAL, MAX_CONCURRENCY = "pd", "ct", "mc"
+    PARENT_ID, CHILD_INDEX, RELEASE_ID, PARENT_STEP = "pi", "ci", "ri", "ps"
+    PARENT_TYPE, ANCESTORS = "pt", "an"
+    SPAWN_STEP, CHILD_TYPE, CHILD_POLICY, CHILD_IDS = "ss", "cy", "cp", "cd"
+    RESULT, ERROR, ERROR_TYPE = "rs", "er", "et"
+    CREATED, UPDATED, STATUS_AT = "ca", "ua", "sa"
+    INVOCATIONS, TAKEOVERS, RETRIES, RUN_MS = "iv", "tv", "rt", "rm"
+    SWEEPS, REDISPATCHES, SWEPT_AT, HOP = "sw", "rd", "sp", "hp"
+    HISTORY_ON, PAUSED_BY = "ho", "pz"
+    DUE, DUE_SHARD = "du", "dk"
     LIST_SHARD, LIST_KEY = "lk", "ls"
-    EXPIRES = "expires_at"
+    EXPIRES = "ex"
 
 
 class FX:
     """Attribute names of an effect record."""
 
-    STATE, OWNER, STEP, RESULT = "state", "owner", "step", "result"
-    STARTED_AT, DONE_AT, SEMANTICS, RUNS = "started_at", "done_at", "semantics", "runs"
-    LEASE_UNTIL, LAST_ERROR, EXPIRES = "lease_until", "last_error", "expires_at"
+    STATE, OWNER, STEP, RESULT = "s", "o", "n", "r"
+    STARTED_AT, DONE_AT, SEMANTICS, RUNS = "sa", "da", "m", "ru"
+    LEASE_UNTIL, LAST_ERROR, EXPIRES = "lu", "le", "ex"
 
 
 class CH:
     """Attribute names of a child link (CHILD#<id> under its parent)."""
 
-    CHILD_ID, INDEX, STATUS, RESULT, ERROR = "child_id", "index", "status", "result", "error"
-    JOINED_AT, EXPIRES = "joined_at", "expires_at"
+    CHILD_ID, INDEX, STATUS, RESULT, ERROR = "id", "ix", "st", "rs", "er"
+    JOINED_AT, EXPIRES = "ja", "ex"
 
 
 class H:
@@ -84,7 +83,7 @@ class H:
 
     STEP, EVENT, OWNER, REQUEST_ID = "step", "event", "owner", "request_id"
     STARTED_AT, ENDED_AT, DURATION_MS = "started_at", "ended_at", "duration_ms"
-    ATTEMPT, DETAIL, WORK, EXPIRES = "attempt", "detail", "work", "expires_at"
+    ATTEMPT, DETAIL, WORK, EXPIRES = "attempt", "detail", "work", "ex"
 
 
 class CTL:
@@ -93,8 +92,24 @@ class CTL:
     PAUSED, REASON, UPDATED, WAKING = "paused", "reason", "updated_at", "waking"
 
 
-DUE_INCLUDED = [J.TYPE, J.STATUS, J.STEP, J.LEASE, J.DEADLINE, J.PENDING, J.PARENT_TYPE,
-                J.ANCESTORS, J.WAIT_REASON]
+class IN:
+    """Attribute names of a job's input item (an input too big to carry in every write)."""
+
+    INPUT, EXPIRES = "in", "ex"
+
+
+# The due index holds only jobs asleep until a time (a sleep, a poll's backoff): what the
+# sweeper needs to wake one without reading it; none of it changes while the job sleeps.
+DUE_INCLUDED = [J.TYPE, J.STATUS, J.STEP, J.PARENT_TYPE, J.ANCESTORS, J.CREATED, J.DEADLINE,
+                J.PAUSED_BY]
+INPUT_SK = "INPUT"
+INLINE_INPUT_BYTES = 256  # a bigger input lives in its own item, read once per container
+
+# Buckets of the by-type index's sort key `ls` = <bucket>#<job type>#<time>: jobs in
+# flight (the sweeper reads each of them every sweep), jobs asleep until a time (found
+# through the due index instead), jobs held by a paused type (nothing looks at them until
+# the resume), and finished jobs by final status.
+ACTIVE, ASLEEP, PAUSED = "ACTIVE", "ASLEEP", "PAUSED"
 
 
 # -- key shapes ------------------------------------------------------------------------------
@@ -124,8 +139,14 @@ def list_shards() -> list[str]:
     return [f"L#{s}" for s in range(LIST_SHARDS)]
 
 
-def list_range(job_type: str, status: str, at_ms: int) -> str:
-    return f"{job_type}#{status}#{at_ms:013d}"
+def list_range(job_type: str, bucket: str, at_ms: int) -> str:
+    """The by-type index's sort key: the bucket (ACTIVE, ASLEEP, or a final status) first,
+    so the sweeper reads every job in flight with one prefix per shard."""
+    return f"{bucket}#{job_type}#{at_ms:013d}"
+
+
+def list_prefix(bucket: str, job_type: str | None = None) -> str:
+    return f"{bucket}#" + (f"{job_type}#" if job_type is not None else "")
 
 
 def due_hash(job_id: str) -> str:
@@ -168,8 +189,21 @@ def effect_key(job_id: str, key: str) -> dict[str, Any]:
     return {PK: _s(job_pk(job_id)), SK: _s(effect_sk(key))}
 
 
+def input_key(job_id: str) -> dict[str, Any]:
+    return {PK: _s(job_pk(job_id)), SK: _s(INPUT_SK)}
+
+
 def child_key(parent_id: str, child_id: str) -> dict[str, Any]:
     return {PK: _s(job_pk(parent_id)), SK: _s(child_sk(child_id))}
+
+
+SWEEP_PK, SWEEP_SK = "SWEEP", "RESUME"
+RESUME_AT = "rt"  # the sweep resume point item's one attribute: a sweep() next_token
+
+
+def sweep_resume_key() -> dict[str, Any]:
+    """Where an incomplete sweep leaves its next_token for the next run (`sweep(resume=)`)."""
+    return {PK: _s(SWEEP_PK), SK: _s(SWEEP_SK)}
 
 
 def key_of(item: dict[str, Any]) -> dict[str, Any]:

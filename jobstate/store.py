@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec, fxrecords, history, joins, pagetoken, schema, transitions
-from .dynamo import Item, Refused, TransactionRefused, av
+from .dynamo import Item, Refused, TransactionRefused, Update, av
 from .errors import InvalidInput, JobConflict, JobFinished, JobNotFound
 from .items import JobItem, job_item
 from .pause import PauseSwitch
 from .records import HistoryEntry, JobView, Page
-from .schema import ACTIVE, J
+from .schema import CH, FX, IN, H, J
 from .status import RUNNABLE, JobStatus
 from .table import Table
 
@@ -46,6 +46,15 @@ class Limits:
             raise InvalidInput(
                 f"deadline must be a positive number of seconds or None, got {self.deadline_s!r}"
             )
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A new job's items: the job, and its input's own item when the input is big."""
+
+    job_id: str
+    item: Item
+    input: Item | None = None
 
 
 class JobStore(Table):
@@ -84,44 +93,39 @@ class JobStore(Table):
     ) -> Page:
         """Jobs by type and status through the sharded `by-type` GSI, newest first.
 
-        The index holds non-terminal jobs under one ACTIVE bucket (ordered by creation) and
-        finished jobs by their final status (ordered by finish time), so it is written only
-        twice in a job's life; RUNNING/WAITING/PENDING are told apart on the base item.
+        The index's sort key starts with a bucket: ACTIVE (in flight) and ASLEEP (asleep
+        until a time), ordered by creation, and each final status, ordered by finish time;
+        it is written when a job is created, sleeps, wakes and finishes, never by a step.
+        RUNNING/WAITING/PENDING are told apart on the base item.
         """
         if job_type is not None:
             codec.validate_job_type(job_type)
         st = parse_status(status)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be an int from 1 to 1000, got {limit!r}")
-        prefix = ""
-        if job_type is not None:
-            prefix = job_type + "#"
-            if st is not None:
-                prefix += (st.value if st.terminal else ACTIVE) + "#"
+        streams = _streams(job_type, st)
         starts = pagetoken.decode(
-            next_token, lambda v: _list_token_ok(v, prefix),
+            next_token, lambda v: _list_token_ok(v, streams),
             "next_token is not one this store returned for this listing; pass the "
             "Page.next_token unchanged, with the same job type and status.")
         heads: builtins.list[tuple[str, Item]] = []
         exhausted: dict[str, bool] = {}
-        for lk in schema.list_shards():
-            if starts.get(lk) == "done":
-                exhausted[lk] = True
+        for stream, (lk, prefix) in streams.items():
+            if starts.get(stream) == "done":
+                exhausted[stream] = True
                 continue
-            resp = self._list_page(lk, prefix, limit, starts.get(lk))
-            heads.extend((lk, dict(item)) for item in resp.get("Items", []))
-            exhausted[lk] = "LastEvaluatedKey" not in resp
+            resp = self._list_page(lk, prefix, limit, starts.get(stream))
+            heads.extend((stream, dict(item)) for item in resp.get("Items", []))
+            exhausted[stream] = "LastEvaluatedKey" not in resp
         heads.sort(key=lambda h: _list_order(h[1][J.LIST_KEY]["S"]), reverse=True)
         taken = heads[:limit]
         new_starts: dict[str, Any] = dict(starts)
-        for lk, head in taken:
-            new_starts[lk] = {k: head[k] for k in (schema.PK, schema.SK, J.LIST_SHARD,
-                                                   J.LIST_KEY)}
-        for lk, done in exhausted.items():
-            if done and not any(h[0] == lk for h in heads[limit:]):
-                new_starts[lk] = "done"
-        more = len(heads) > limit or not all(exhausted.get(lk, True)
-                                             for lk in schema.list_shards())
+        for stream, head in taken:
+            new_starts[stream] = {k: head[k] for k in _START_NAMES}
+        for stream, done in exhausted.items():
+            if done and not any(h[0] == stream for h in heads[limit:]):
+                new_starts[stream] = "done"
+        more = len(heads) > limit or not all(exhausted.get(s, True) for s in streams)
         found = {i.job_id: i for i in map(job_item, self.batch_get(
             [schema.key_of(head) for _, head in taken]))}
         jobs = []
@@ -170,9 +174,10 @@ class JobStore(Table):
         history: bool = False,
         cursor: dict[str, Any] | None = None,
         runnable_now: bool = True,
+        paused_by: str | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> tuple[str, Item]:
-        """Validate and encode a new job item; raises before anything is written."""
+    ) -> NewJob:
+        """Validate and encode a new job's items; raises before anything is written."""
         codec.validate_job_type(job_type)
         if job_id is None:
             job_id = f"{job_type}-{uuid.uuid4().hex}"
@@ -188,10 +193,16 @@ class JobStore(Table):
         codec.check_budget({"input": input_json, "cursor": cursor_json})
         now = self.clock.now_ms()
         deadline = None if limits.deadline_s is None else now + int(limits.deadline_s * 1000)
-        return job_id, transitions.new_job(
+        item = transitions.new_job(
             self, job_id, job_type, input_json=input_json, cursor_json=cursor_json,
             max_attempts=limits.max_attempts, max_steps=limits.max_steps,
-            deadline_at=deadline, runnable_now=runnable_now, history=history, extra=extra)
+            deadline_at=deadline, runnable_now=runnable_now, history=history,
+            paused_by=paused_by, extra=extra)
+        inputs = None
+        if J.INPUT not in item:  # too big to ride in every write of the job
+            inputs = transitions.input_item(job_id, input_json, item[J.INPUT_HASH]["S"],
+                                            fxrecords.expires_at(self, deadline))
+        return NewJob(job_id, item, inputs)
 
     def create(
         self,
@@ -208,26 +219,29 @@ class JobStore(Table):
 
         Idempotent for a given job id: the same type and input return the existing job
         (created=False); a different type or input raises JobConflict. An id whose job
-        finished and expired (retention passed) names a new job.
+        finished and expired (retention passed) names a new job. A job of a paused type is
+        created held (it runs once the type is resumed).
         """
-        job_id, raw = self.new_job_item(
-            job_type, input, job_id, limits or Limits(), history=history, cursor=cursor
-        )
+        new = self.new_job_item(job_type, input, job_id, limits or Limits(), history=history,
+                                cursor=cursor, paused_by=self.pauses.holder([job_type]))
+        job_id = new.job_id
         try:
-            transitions.create(self, raw)
+            transitions.create(self, new.item, new.input)
         except Refused as refusal:
-            if refusal.old is not None and self.expired(refusal.old) and not _purged:
+            old = refusal.old if refusal.old and refusal.old[schema.SK]["S"] == schema.JOB_SK \
+                else self.get_item(schema.job_key(job_id), expired_too=True)
+            if old is not None and self.expired(old) and not _purged:
                 # Expired (TTL deletes late): that job is gone; clear what is left of it
                 # (its effect records must not answer for the new job) and create anew.
-                self._purge_expired(job_item(refusal.old))
+                self._purge_expired(job_item(old))
                 return self.create(job_type, input, job_id, limits, history=history,
                                    cursor=cursor, _purged=True)
-            existing = job_item(refusal.old) if refusal.old else self.get_job_item(job_id)
-            if existing is None:  # expired copy raced with us: treat as a conflict to retry
+            existing = job_item(old) if old is not None else None
+            if existing is None:  # the input of another job, or an expired copy raced us
                 raise JobConflict(
-                    f"job {job_id!r} exists but could not be read back; retry.", job_id=job_id
-                ) from None
-            if existing.input_hash != job_item(raw).input_hash:
+                    f"job {job_id!r} exists with a different input, or could not be read "
+                    "back; use a new id, or retry.", job_id=job_id) from None
+            if existing.input_hash != new.item[J.INPUT_HASH]["S"]:
                 raise JobConflict(
                     f"job {job_id!r} already exists with a different type or input; a job id "
                     "names one unit of work. Use a new id, or pass job_id=None for a "
@@ -235,7 +249,7 @@ class JobStore(Table):
                     job_id=job_id,
                 ) from None
             return self.view(existing, secrets=False), False
-        return self.view(raw, secrets=False), True
+        return self.view(new.item, secrets=False), True
 
     def _purge_expired(self, old: JobItem) -> None:
         """Delete what is left of a finished job whose record expired (TTL deletes late).
@@ -245,8 +259,8 @@ class JobStore(Table):
         item only if it predates the old job's last write.
         """
         cut = old.updated_at or 0
-        newer = " AND ".join(f"NOT (attribute_exists({a}) AND {a} > :cut)"
-                             for a in ("started_at", "ended_at", "joined_at", "done_at"))
+        stamps = sorted({FX.STARTED_AT, FX.DONE_AT, CH.JOINED_AT, H.STARTED_AT, H.ENDED_AT})
+        newer = " AND ".join(f"NOT (attribute_exists({a}) AND {a} > :cut)" for a in stamps)
         for raw in self.partition(old.job_id):
             if raw[schema.SK]["S"] == schema.JOB_SK:
                 with contextlib.suppress(Refused):
@@ -350,6 +364,12 @@ class JobStore(Table):
             return self.get(job_id)
         if deadline != item.deadline_at:
             fxrecords.extend_expiry(self, job_id, deadline)
+            if item.input is None:  # its input item lives as long as its effects
+                ttl = fxrecords.expires_at(self, deadline)
+                upd = Update().remove(IN.EXPIRES) if ttl is None else Update().set(
+                    IN.EXPIRES, ttl)
+                with contextlib.suppress(Refused):
+                    self.update(schema.input_key(job_id), upd.where(upd.exists(schema.PK)))
         return self.view(raw, secrets=False)
 
     # -- pause / resume a job type --------------------------------------------------------
@@ -408,17 +428,35 @@ def _list_order(ls: str) -> str:
 
 
 _START_NAMES = {schema.PK, schema.SK, J.LIST_SHARD, J.LIST_KEY}
+_BUCKETS = (schema.ACTIVE, schema.ASLEEP, schema.PAUSED,
+            *(s.value for s in JobStatus if s.terminal))
 
 
-def _list_token_ok(value: dict[str, Any], prefix: str) -> bool:
-    """A `list` token: per shard, "done" or a job item's index keys in that shard, inside
-    the listed type's (and status's) key range."""
-    shards = set(schema.list_shards())
-    for lk, start in value.items():
-        if lk not in shards:
+def _streams(job_type: str | None, status: JobStatus | None) -> dict[str, tuple[str, str]]:
+    """The index ranges a listing reads, by name: (shard, sort-key prefix) pairs."""
+    if status is None:
+        buckets: tuple[str, ...] = _BUCKETS if job_type is not None else ("",)
+    elif status.terminal:
+        buckets = (status.value,)
+    else:
+        buckets = (schema.ACTIVE, schema.ASLEEP, schema.PAUSED)
+    out = {}
+    for lk in schema.list_shards():
+        for bucket in buckets:
+            prefix = schema.list_prefix(bucket, job_type) if bucket else ""
+            out[f"{lk}|{bucket}"] = (lk, prefix)
+    return out
+
+
+def _list_token_ok(value: dict[str, Any], streams: dict[str, tuple[str, str]]) -> bool:
+    """A `list` token: per range of this listing, "done" or a job item's index keys in
+    that range."""
+    for stream, start in value.items():
+        if stream not in streams:
             return False
         if start == "done":
             continue
+        lk, prefix = streams[stream]
         text = pagetoken.string_key(start, _START_NAMES)
         if text is None or not (
                 text[J.LIST_SHARD] == lk and text[schema.SK] == schema.JOB_SK

@@ -22,6 +22,7 @@ from .codec import Cipher
 from .dynamo import Item, Update
 from .errors import (
     InvalidInput,
+    JobNotFound,
     JobStateError,
     StoreUnavailable,
     TableNotFound,
@@ -36,6 +37,7 @@ ENCRYPTED_PREFIX = "enc:"
 TOKENS, EFFECT_RESULT = "tokens", "effect-result"  # what a ciphertext holds (its context)
 KMS_KEY_ENV = "JOBSTATE_KMS_KEY_ARN"
 TXN_CONFLICT_RETRIES = 5
+INPUT_CACHE = 256  # inputs kept per container (the oldest go first)
 
 
 class Table:
@@ -74,6 +76,7 @@ class Table:
                                           self._region.name if self._region else "")
         self._client = client
         self._lock = threading.Lock()
+        self._inputs: dict[tuple[str, str | None], str] = {}  # job inputs read, by id/hash
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(table_name={self.table_name!r}, "
@@ -251,11 +254,12 @@ class Table:
         except ClientError as exc:
             raise dynamo.transaction_refused(exc) or exc from None
 
-    def get_item(self, key: Item, *, consistent: bool = True) -> Item | None:
+    def get_item(self, key: Item, *, consistent: bool = True,
+                 expired_too: bool = False) -> Item | None:
         """One item, or None if it is absent or expired (TTL deletes late)."""
         resp = self.call("get_item", Key=key, ConsistentRead=consistent)
         item = resp.get("Item")
-        if not item or self.expired(item):
+        if not item or (self.expired(item) and not expired_too):
             return None
         return dict(item)
 
@@ -307,7 +311,7 @@ class Table:
 
     def view(self, item: JobItem | Item, *, secrets: bool = True) -> JobView:
         """The public view of a job (a raw item is decoded first); tokens decrypted when
-        `secrets`, else redacted."""
+        `secrets`, else redacted; an input kept in its own item read (once per container)."""
         item = item if isinstance(item, JobItem) else job_item(item)
         tokens: dict[str, Any]
         if secrets:
@@ -316,7 +320,31 @@ class Table:
             tokens = {"encrypted": redact.REDACTED}
         else:
             tokens = redact.redact(codec.loads(item.tokens, {}) or {})
-        return job_view(item, tokens)
+        if item.input is None and item.input_hash is not None:
+            return job_view(item, tokens, codec.loads(self.input_json(item)),
+                            dispatch_timeout_ms=self.dispatch_timeout_ms)
+        return job_view(item, tokens, dispatch_timeout_ms=self.dispatch_timeout_ms)
+
+    def input_json(self, item: JobItem) -> str:
+        """The job's input as stored: inline, or in its input item, which is read once per
+        container (it never changes: a job id names one input)."""
+        if item.input is not None:
+            return item.input
+        key = (item.job_id, item.input_hash)
+        with self._lock:
+            cached = self._inputs.get(key)
+        if cached is not None:
+            return cached
+        raw = self.get_item(schema.input_key(item.job_id))
+        if raw is None or raw.get(schema.J.INPUT_HASH, {}).get("S") != item.input_hash:
+            raise JobNotFound(f"the input of job {item.job_id!r} is missing from table "
+                              f"{self.table_name!r} (deleted by hand?).", job_id=item.job_id)
+        text = str(raw[schema.IN.INPUT]["S"])
+        with self._lock:
+            if len(self._inputs) >= INPUT_CACHE:
+                self._inputs.pop(next(iter(self._inputs)))
+            self._inputs[key] = text
+        return text
 
     # -- tokens and sealed values -------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The job record's state machine: every write to a job item is a transition here.
 
 Each transition states its fence (the condition under which DynamoDB applies it) and its
-effect on status, step, lease and due (`TRANSITIONS`, rendered into docs/concepts.md).
+effect on status, step, lease and due (`statemachine.TRANSITIONS`, rendered into
+docs/concepts.md).
 Other modules ask for a transition by name; none builds an update on a job item. A step's
 writes are fenced by its lease (`owner = me AND step = N AND status = RUNNING`), so a stale
 invocation never overwrites newer state; a refusal becomes `LeaseLost` / `JobCancelled`,
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from . import codec, history, schema
@@ -21,70 +22,13 @@ from .dynamo import Item, Refused, TransactionRefused, Update, av, condition
 from .errors import JobCancelled, LeaseLost
 from .history import history_item
 from .items import JobItem, job_item
-from .lease import NO_OWNER, Lease, State
-from .schema import ACTIVE, J
+from .lease import Lease, State
+from .schema import IN, J
 from .status import RUNNABLE, JobStatus
 from .table import Table
 
 QUEUED_UNTIL = 9_999_999_999_999  # not_before of a child waiting for a concurrency slot
 ERROR_CHARS = 4000
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One named write to a job item: when it applies, and what it changes."""
-
-    name: str
-    fence: str
-    status: str
-    step: str
-    lease: str
-    due: str
-
-
-STEP_FENCE = "lease_owner = me, step = N, status = RUNNING"
-TRANSITIONS = (
-    Transition("create", "no live item with this id", "PENDING", "0", "none",
-               "now + dispatch timeout (a queued child: none)"),
-    Transition("claim", "step = N, status PENDING/RUNNING/WAITING, no live lease, wait "
-               "over, no pending children, its type", "RUNNING", "=", "taken",
-               "lease expiry"),
-    Transition("checkpoint", STEP_FENCE, "=", "=", "=", "="),
-    Transition("commit", STEP_FENCE, "RUNNING", "+1", "released",
-               "now + dispatch timeout"),
-    Transition("wait", STEP_FENCE, "WAITING", "+1", "released", "end of the wait"),
-    Transition("retry", STEP_FENCE, "=", "=", "released", "end of the backoff"),
-    Transition("defer", STEP_FENCE, "=", "=", "released", "the deferral's end"),
-    Transition("spawn", STEP_FENCE, "WAITING", "+1", "released", "now + dispatch timeout"),
-    Transition("finish", STEP_FENCE, "SUCCEEDED/FAILED", "+1 if its result is committed",
-               "released", "none"),
-    Transition("release", STEP_FENCE, "=", "=", "released", "now + dispatch timeout"),
-    Transition("release-cancelled", "lease_owner = me, status = CANCELLED", "=", "=",
-               "released", "="),
-    Transition("cancel", "status PENDING/RUNNING/WAITING", "CANCELLED", "=", "=", "none"),
-    Transition("resume", "status as read (FAILED/CANCELLED)", "RUNNING", "=", "=", "now"),
-    Transition("wake", "due later, no lease, wait over, no pending children", "=", "=",
-               "=", "now"),
-    Transition("join", "the parent exists", "=", "=", "=", "now + dispatch timeout"),
-    Transition("release-sibling", "the sibling exists", "=", "=", "=",
-               "now + dispatch timeout"),
-    Transition("withdraw", "PENDING, no lease, this parent's spawn at step N; the parent "
-               "CANCELLED at step N under the spawner's lease", "deleted", "-", "-", "-"),
-    Transition("sweep-take", "step = N, due as read", "=", "=", "=",
-               "now + dispatch timeout, doubled per re-dispatch"),
-    Transition("sweep-postpone", "step = N, due as read", "=", "=", "=", "later"),
-    Transition("sweep-undue", "status as read (finished)", "=", "=", "=", "none"),
-    Transition("purge", "expired", "deleted", "-", "-", "-"),
-)
-
-
-def table_markdown() -> str:
-    """The transitions as the table docs/concepts.md shows."""
-    rows = ["| transition | fence (applied only if) | status | step | lease | due |",
-            "|---|---|---|---|---|---|"]
-    rows += [f"| `{t.name}` | {t.fence} | {t.status} | {t.step} | {t.lease} | {t.due} |"
-             for t in TRANSITIONS]
-    return "\n".join(rows)
 
 
 def _job(upd: Update) -> Update:
@@ -105,8 +49,9 @@ def _state(upd: Update, state: State) -> Update:
         J.PROGRESS, state.progress)
 
 
-def _due(upd: Update, job_id: str, at: int) -> Update:
-    return upd.set(J.DUE, at).set(J.DUE_SHARD, schema.due_hash(job_id))
+def _unleased(upd: Update) -> Update:
+    """The lease given back: no owner, an expiry of 0 (the claim compares it to now)."""
+    return upd.remove(J.OWNER).set(J.LEASE, 0)
 
 
 def _ran(upd: Update, lease: Lease, now: int) -> Update:
@@ -116,11 +61,20 @@ def _ran(upd: Update, lease: Lease, now: int) -> Update:
     return upd
 
 
+def _fresh_attempts(upd: Update, lease: Lease) -> Update:
+    """The step is done: an earlier attempt's count and error are history now (its history
+    item); written only when there is one, so a clean step's commit carries neither."""
+    if lease.job.attempt:
+        upd.set(J.ATTEMPT, 0)
+    if lease.job.error is not None:
+        upd.remove(J.ERROR, J.ERROR_TYPE)
+    return upd
+
+
 def _terminal(upd: Update, job_type: str, status: JobStatus, now: int, table: Table) -> Update:
-    return (upd.set(J.STATUS, status.value).set(J.STATUS_AT, now)
-            .set(J.LIST_KEY, schema.list_range(job_type, status.value, now))
-            .set(J.EXPIRES, now // 1000 + table.retention_s)
-            .remove(J.OWNER, J.LEASE, J.DUE, J.DUE_SHARD, J.NOT_BEFORE))
+    return _unleased(upd.set(J.STATUS, status.value).set(J.STATUS_AT, now)
+                     .set(J.LIST_KEY, schema.list_range(job_type, status.value, now))
+                     .set(J.EXPIRES, now // 1000 + table.retention_s))
 
 
 def lost(table: Table, lease: Lease, old: Item | None, what: str) -> LeaseLost:
@@ -174,38 +128,60 @@ def fenced_transaction(table: Table, lease: Lease, actions: list[dict[str, Any]]
 
 def new_job(table: Table, job_id: str, job_type: str, *, input_json: str, cursor_json: str,
             max_attempts: int, max_steps: int, deadline_at: int | None,
-            runnable_now: bool = True, history: bool = False,
+            runnable_now: bool = True, history: bool = False, paused_by: str | None = None,
             extra: dict[str, Any] | None = None) -> Item:
-    """The item of a new PENDING job at step 0 (validated and encoded by the caller)."""
+    """The item of a new PENDING job at step 0 (validated and encoded by the caller). An
+    input over INLINE_INPUT_BYTES is left out: it goes to the job's input item."""
     now = table.clock.now_ms()
     item: Item = {
         **schema.job_key(job_id),
         J.JOB_ID: av(job_id), J.TYPE: av(job_type), J.STATUS: av(JobStatus.PENDING.value),
-        J.STEP: av(0), J.INPUT: av(input_json),
-        J.INPUT_HASH: av(codec.input_hash(job_type + "\x1f" + input_json)),
+        J.STEP: av(0), J.INPUT_HASH: av(codec.input_hash(job_type + "\x1f" + input_json)),
         J.CURSOR: av(cursor_json), J.ATTEMPT: av(0), J.MAX_ATTEMPTS: av(max_attempts),
         J.MAX_STEPS: av(max_steps), J.CREATED: av(now), J.UPDATED: av(now),
-        J.VERSION: av(1), J.INVOCATIONS: av(0), J.LIST_SHARD: av(schema.list_hash(job_id)),
-        J.LIST_KEY: av(schema.list_range(job_type, ACTIVE, now)),
+        J.INVOCATIONS: av(0), J.LEASE: av(0),
+        J.NOT_BEFORE: av(0 if runnable_now else QUEUED_UNTIL),
+        J.LIST_SHARD: av(schema.list_hash(job_id)),
+        J.LIST_KEY: av(schema.list_range(
+            job_type, schema.ACTIVE if paused_by is None else schema.PAUSED, now)),
     }
-    if runnable_now:
-        item[J.DUE] = av(now + table.dispatch_timeout_ms)
-        item[J.DUE_SHARD] = av(schema.due_hash(job_id))
-    else:
-        item[J.NOT_BEFORE] = av(QUEUED_UNTIL)
+    if codec.size_of(input_json) <= schema.INLINE_INPUT_BYTES:
+        item[J.INPUT] = av(input_json)
+    if not runnable_now:
         item[J.WAIT_REASON] = av("concurrency")
     if deadline_at is not None:
         item[J.DEADLINE] = av(deadline_at)
     if history:
         item[J.HISTORY_ON] = av(True)
+    if paused_by is not None:
+        item[J.PAUSED_BY] = av(paused_by)
     for k, v in (extra or {}).items():
         item[k] = av(v)
     return item
 
 
-def create(table: Table, item: Item) -> None:
-    """Put a new job item if no item has its id (`Refused` with the existing one)."""
+def input_item(job_id: str, input_json: str, input_hash: str, expires_at: int | None) -> Item:
+    """The input item of a job whose input is too big for its job item."""
+    item: Item = {**schema.input_key(job_id), IN.INPUT: av(input_json),
+                  J.INPUT_HASH: av(input_hash)}
+    if expires_at is not None:
+        item[IN.EXPIRES] = av(expires_at)
+    return item
+
+
+def create(table: Table, item: Item, input: Item | None = None) -> None:
+    """Put a new job item if no item has its id (`Refused` with the existing one). Its
+    input item, if any, goes first, so a job never exists without its input."""
+    if input is not None:
+        put_input(table, input)
     table.put(item, condition(lambda c: c.absent(schema.PK)))
+
+
+def put_input(table: Table, input: Item) -> None:
+    """Put a job's input item over nothing or the same input, never over another job's
+    (`Refused` with that one)."""
+    table.put(input, condition(
+        lambda c: f"{c.absent(schema.PK)} OR {c.eq(J.INPUT_HASH, input[J.INPUT_HASH]['S'])}"))
 
 
 def absent_or_expired(table: Table) -> dict[str, Any]:
@@ -231,47 +207,51 @@ def purge(table: Table, job_id: str) -> None:
 
 
 def claim(table: Table, job_id: str, step: int, owner: str, lease_until_ms: int, *,
-          waiting_children_ok: bool = False, job_type: str | None = None) -> Item:
-    """Take step `step` (ALL_NEW), or `Refused` with the item as it was."""
+          waiting_children_ok: bool = False, job_type: str | None = None) -> JobItem:
+    """Take step `step`: the job as it was (ALL_OLD: who held it before, for a takeover),
+    or `Refused` with the item as it was."""
     now = table.clock.now_ms()
     upd = (Update().set(J.STATUS, JobStatus.RUNNING.value).set(J.OWNER, owner)
-           .set(J.LEASE, lease_until_ms))
-    upd.set_expr(J.PREV_OWNER, f"if_not_exists({upd.n(J.OWNER)}, {upd.v(NO_OWNER)})")
-    # If this invocation dies, the sweeper finds the job when its lease runs out.
-    _due(upd, job_id, lease_until_ms).set(J.UPDATED, now)
-    upd.remove(J.NOT_BEFORE, J.WAIT_REASON, J.REDISPATCHES).add(J.INVOCATIONS, 1)
-    _job(upd).where(upd.eq(J.STEP, step),
-                    upd.in_(J.STATUS, [s.value for s in (JobStatus.PENDING, JobStatus.RUNNING,
-                                                          JobStatus.WAITING)]),
-                    upd.absent_or(J.LEASE, "<", now), upd.absent_or(J.NOT_BEFORE, "<=", now))
+           .set(J.LEASE, lease_until_ms).set(J.UPDATED, now)
+           .remove(J.WAIT_REASON, J.REDISPATCHES, J.SWEPT_AT).add(J.INVOCATIONS, 1))
+    # No existence test: `step = N` fails on a missing item. `waiting_children_ok` is the
+    # sweeper failing a job past its deadline: its wait and children do not hold it.
+    upd.where(upd.eq(J.STEP, step),
+              upd.in_(J.STATUS, [s.value for s in (JobStatus.PENDING, JobStatus.RUNNING,
+                                                    JobStatus.WAITING)]),
+              lease_over(upd, now), upd.absent(J.PAUSED_BY))
     if not waiting_children_ok:
-        upd.where(upd.absent_or(J.PENDING, "<=", 0))
+        upd.where(f"{upd.n(J.NOT_BEFORE)} <= {upd.v(now)}", upd.absent_or(J.PENDING, "<=", 0))
     if job_type is not None:
         upd.where(upd.eq(J.TYPE, job_type))
-    return table.update(schema.job_key(job_id), upd, returns="ALL_NEW")
+    return job_item(table.update(schema.job_key(job_id), upd, returns="ALL_OLD"))
+
+
+def lease_over(upd: Update, now: int) -> str:
+    """The claim's lease clause: no live lease (an expiry of 0 is no lease)."""
+    return f"{upd.n(J.LEASE)} < {upd.v(now)}"
+
+
+def claimed(old: JobItem, owner: str, lease_until_ms: int, now: int) -> JobItem:
+    """The job as a claim that met `old` left it."""
+    return replace(old, status=JobStatus.RUNNING, lease_owner=owner,
+                   lease_expires_at=lease_until_ms, updated_at=now, wait_reason=None,
+                   redispatches=0, swept_at=None, invocations=old.invocations + 1)
 
 
 def checkpoint(table: Table, lease: Lease, state: State) -> None:
     _apply(table, lease, _state(_fenced(lease, table.clock.now_ms()), state), "checkpoint")
 
 
-def commit(table: Table, lease: Lease, state: State, *, wait_until_ms: int | None = None,
-           wait_reason: str | None = None, hop: int | None = None) -> int:
-    """Step N ends and N+1 becomes due (the `commit`, or the `wait` with `wait_until_ms`).
-    Returns N+1."""
+def commit(table: Table, lease: Lease, state: State, *, hop: int | None = None) -> int:
+    """Step N ends and N+1 is ready (its event is sent next; if it is lost, the sweeper
+    finds the job stale). Returns N+1."""
     now = table.clock.now_ms()
     nxt = lease.step + 1
-    # Waiting: due when the wait ends. Otherwise due if the continuation is not claimed
-    # within dispatch_timeout (it was lost): the sweeper re-sends it then.
-    due = wait_until_ms if wait_until_ms is not None else now + table.dispatch_timeout_ms
-    upd = _ran(_due(_state(_fenced(lease, now), state), lease.job_id, due), lease, now)
-    # The step is done: an earlier attempt's error is history now (its history item).
-    upd.set(J.ATTEMPT, 0).remove(J.OWNER, J.LEASE, J.ERROR, J.ERROR_TYPE)
+    upd = _fresh_attempts(_ran(_unleased(_state(_fenced(lease, now), state)), lease, now),
+                          lease)
     upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(nxt)}")
-    if wait_until_ms is not None:
-        upd.set(J.STATUS, JobStatus.WAITING.value).set(J.NOT_BEFORE, wait_until_ms)
-        upd.set(J.WAIT_REASON, wait_reason or "sleep")
-    elif hop is not None:
+    if hop is not None:
         upd.set(J.HOP, hop)
     _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
     if lease.job.history_on:
@@ -279,25 +259,33 @@ def commit(table: Table, lease: Lease, state: State, *, wait_until_ms: int | Non
     return nxt
 
 
+def sleep(table: Table, lease: Lease, state: State, *, until_ms: int, reason: str) -> int:
+    """Step N ends asleep until `until_ms`: WAITING, out of the sweeper's ACTIVE bucket and
+    in the `due` index (at the wake, or the job's deadline if sooner). Returns N+1."""
+    now = table.clock.now_ms()
+    nxt = lease.step + 1
+    job = lease.job
+    due = until_ms if job.deadline_at is None else min(until_ms, job.deadline_at)
+    upd = _fresh_attempts(_ran(_unleased(_state(_fenced(lease, now), state)), lease, now),
+                          lease)
+    upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(nxt)}")
+    (upd.set(J.STATUS, JobStatus.WAITING.value).set(J.NOT_BEFORE, until_ms)
+     .set(J.WAIT_REASON, reason).set(J.DUE, due).set(J.DUE_SHARD, schema.due_hash(job.job_id))
+     .set(J.LIST_KEY, schema.list_range(job.job_type, schema.ASLEEP, job.created_at or now)))
+    _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
+    if job.history_on:
+        history.record(table, lease, "committed")
+    return nxt
+
+
 def retry(table: Table, lease: Lease, error: str, error_type: str, *, attempt: int,
           at_ms: int) -> None:
-    """The attempt failed and another is due at `at_ms` (with its history item)."""
+    """The attempt failed and another may start at `at_ms` (with its history item)."""
     now = table.clock.now_ms()
-    upd = (_due(_fenced(lease, now), lease.job_id, at_ms).set(J.ERROR, error[:ERROR_CHARS])
+    upd = (_unleased(_fenced(lease, now)).set(J.ERROR, error[:ERROR_CHARS])
            .set(J.ERROR_TYPE, error_type).set(J.ATTEMPT, attempt).set(J.NOT_BEFORE, at_ms)
-           .set(J.WAIT_REASON, "retry").remove(J.OWNER, J.LEASE).add(J.RETRIES, 1))
+           .set(J.WAIT_REASON, "retry").add(J.RETRIES, 1))
     hist = history_item(table, lease, "retry_scheduled", now, detail=error, attempt=attempt)
-    fenced_transaction(table, lease, [action(table, schema.job_key(lease.job_id), upd),
-                                      {"Put": {"TableName": table.table_name, "Item": hist}}],
-                       "failure record")
-
-
-def fail(table: Table, lease: Lease, error: str, error_type: str, *, attempt: int) -> None:
-    """The last attempt failed: the job is FAILED at step N (with its history item)."""
-    now = table.clock.now_ms()
-    upd = _terminal(_fenced(lease, now), lease.job_type, JobStatus.FAILED, now, table)
-    upd.set(J.ERROR, error[:ERROR_CHARS]).set(J.ERROR_TYPE, error_type).set(J.ATTEMPT, attempt)
-    hist = history_item(table, lease, "failed", now, detail=error, attempt=attempt)
     fenced_transaction(table, lease, [action(table, schema.job_key(lease.job_id), upd),
                                       {"Put": {"TableName": table.table_name, "Item": hist}}],
                        "failure record")
@@ -305,10 +293,10 @@ def fail(table: Table, lease: Lease, error: str, error_type: str, *, attempt: in
 
 def defer(table: Table, lease: Lease, until_ms: int, reason: str) -> None:
     """End the step without committing it or counting an attempt: the same step may be
-    claimed again at `until_ms`, and is due for the sweeper then."""
+    claimed again at `until_ms` (the sweeper sends it then)."""
     now = table.clock.now_ms()
-    upd = (_due(_fenced(lease, now), lease.job_id, until_ms).set(J.NOT_BEFORE, until_ms)
-           .set(J.WAIT_REASON, "deferred").remove(J.OWNER, J.LEASE))
+    upd = (_unleased(_fenced(lease, now)).set(J.NOT_BEFORE, until_ms)
+           .set(J.WAIT_REASON, "deferred"))
     hist = history_item(table, lease, "deferred", now, detail=reason)
     fenced_transaction(table, lease, [action(table, schema.job_key(lease.job_id), upd),
                                       {"Put": {"TableName": table.table_name, "Item": hist}}],
@@ -339,7 +327,7 @@ def finish_update(table: Table, lease: Lease, state: State | None, status: JobSt
         upd.set(J.RESULT, result_json)
     if error is not None:
         upd.set(J.ERROR, error[:ERROR_CHARS]).set(J.ERROR_TYPE, error_type or "Error")
-    elif status == JobStatus.SUCCEEDED:
+    elif status == JobStatus.SUCCEEDED and lease.job.error is not None:
         upd.remove(J.ERROR, J.ERROR_TYPE)  # an earlier failed attempt's, not the outcome
     if attempt is not None:
         upd.set(J.ATTEMPT, attempt)
@@ -354,14 +342,14 @@ def finish(table: Table, lease: Lease, upd: Update, status: JobStatus) -> None:
 def spawn(table: Table, lease: Lease, state: State, *, count: int, child_type: str,
           policy: str, max_concurrency: int | None, child_ids_json: str | None) -> int:
     """Step N ends WAITING on `count` children (ADDed, so one that joined first still
-    counts). Returns the pending count after the write."""
+    counts); the job stays in the sweeper's ACTIVE bucket (its last child's join makes it
+    ready). Returns the pending count after the write."""
     now = table.clock.now_ms()
-    upd = _ran(_due(_state(_fenced(lease, now), state), lease.job_id,
-                    now + table.dispatch_timeout_ms), lease, now)
+    upd = _fresh_attempts(_ran(_unleased(_state(_fenced(lease, now), state)), lease, now),
+                          lease)
     (upd.set(J.STATUS, JobStatus.WAITING.value).set(J.WAIT_REASON, "children")
      .set(J.CHILDREN_TOTAL, count).set(J.SPAWN_STEP, lease.step).set(J.CHILD_TYPE, child_type)
-     .set(J.CHILD_POLICY, policy).set(J.ATTEMPT, 0)
-     .remove(J.OWNER, J.LEASE, J.ERROR, J.ERROR_TYPE).add(J.PENDING, count))
+     .set(J.CHILD_POLICY, policy).add(J.PENDING, count))
     # Both describe the latest spawn only: an earlier spawn's must not stay behind.
     upd.set_opt(J.MAX_CONCURRENCY, max_concurrency).set_opt(J.CHILD_IDS, child_ids_json)
     upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(lease.step + 1)}")
@@ -371,16 +359,15 @@ def spawn(table: Table, lease: Lease, state: State, *, count: int, child_type: s
 
 
 def release(table: Table, lease: Lease) -> None:
-    """Give the lease back without advancing (the type was paused mid-flight)."""
-    now = table.clock.now_ms()
-    upd = _due(_fenced(lease, now), lease.job_id, now + table.dispatch_timeout_ms)
-    _apply(table, lease, upd.remove(J.OWNER, J.LEASE), "release")
+    """Give the lease back without advancing (the type was paused mid-flight): ready again
+    after the dispatch timeout."""
+    _apply(table, lease, _unleased(_fenced(lease, table.clock.now_ms())), "release")
 
 
 def release_cancelled(table: Table, lease: Lease) -> None:
     """The job was cancelled under this step: drop our lease, so a `resume` can run the
     job at once. Best effort: refused when the lease is no longer ours."""
-    upd = Update().remove(J.OWNER, J.LEASE)
+    upd = _unleased(Update())
     upd.where(upd.eq(J.OWNER, lease.owner), upd.eq(J.STATUS, JobStatus.CANCELLED.value))
     with contextlib.suppress(Refused):
         table.update(schema.job_key(lease.job_id), upd)
@@ -394,8 +381,7 @@ def cancel_update(table: Table, job_type: str, reason: str) -> Update:
     upd = (Update().set(J.STATUS, JobStatus.CANCELLED.value).set(J.ERROR, reason)
            .set(J.ERROR_TYPE, "Cancelled").set(J.UPDATED, now).set(J.STATUS_AT, now)
            .set(J.LIST_KEY, schema.list_range(job_type, JobStatus.CANCELLED.value, now))
-           .set(J.EXPIRES, now // 1000 + table.retention_s)
-           .remove(J.DUE, J.DUE_SHARD, J.NOT_BEFORE))
+           .set(J.EXPIRES, now // 1000 + table.retention_s).remove(J.DUE, J.DUE_SHARD))
     return _job(upd).where(upd.in_(J.STATUS, [s.value for s in RUNNABLE]))
 
 
@@ -407,14 +393,14 @@ def cancel(table: Table, job_id: str, job_type: str, reason: str) -> Item:
 
 def resume(table: Table, job: JobItem, *, max_steps: int | None,
            deadline_at: int | None) -> Item:
-    """A FAILED or CANCELLED job RUNNING again at its step, due now (ALL_NEW), or
-    `Refused` if its status changed since it was read."""
+    """A FAILED or CANCELLED job RUNNING again at its step, ready for the next sweep
+    (ALL_NEW), or `Refused` if its status changed since it was read."""
     now = table.clock.now_ms()
-    upd = _due(Update(), job.job_id, now)
-    (upd.set(J.STATUS, JobStatus.RUNNING.value).set(J.ATTEMPT, 0).set(J.UPDATED, now)
-     .set(J.STATUS_AT, now)
-     .set(J.LIST_KEY, schema.list_range(job.job_type, ACTIVE, job.created_at or now))
-     .remove(J.ERROR, J.ERROR_TYPE, J.EXPIRES, J.NOT_BEFORE, J.RESULT))
+    upd = (Update().set(J.STATUS, JobStatus.RUNNING.value).set(J.ATTEMPT, 0)
+           .set(J.UPDATED, 0).set(J.STATUS_AT, now).set(J.NOT_BEFORE, 0)
+           .set(J.LIST_KEY, schema.list_range(job.job_type, schema.ACTIVE,
+                                              job.created_at or now))
+           .remove(J.ERROR, J.ERROR_TYPE, J.EXPIRES, J.RESULT, J.WAIT_REASON, J.SWEPT_AT))
     upd.where(upd.eq(J.STATUS, job.status.value))
     if max_steps is not None and max_steps != job.max_steps:
         upd.set(J.MAX_STEPS, max_steps)
@@ -423,30 +409,60 @@ def resume(table: Table, job: JobItem, *, max_steps: int | None,
     return table.update(schema.job_key(job.job_id), upd, returns="ALL_NEW")
 
 
-def wake(table: Table, job_id: str) -> None:
-    """Make a ready, unleased job due now (`Refused` if it is not such a job)."""
-    now = table.clock.now_ms()
-    upd = _due(Update(), job_id, now)
-    upd.where(f"{upd.exists(J.DUE)} AND {upd.n(J.DUE)} > {upd.v(now)}", upd.absent(J.OWNER),
-              upd.absent_or(J.NOT_BEFORE, "<=", now), upd.absent_or(J.PENDING, "<=", 0))
-    table.update(schema.job_key(job_id), upd)
+def pause_mark(table: Table, job: JobItem, job_type: str) -> None:
+    """Hold an unfinished job for the paused `job_type`: its claims are refused until the
+    type is resumed, and one in flight leaves the sweeper's ACTIVE bucket for PAUSED (one
+    asleep stays in the `due` index: its wake moves it). `Refused` if it is finished or
+    already held."""
+    upd = Update().set(J.PAUSED_BY, job_type)
+    if job.in_bucket(schema.ACTIVE):
+        upd.set(J.LIST_KEY, _bucket_key(job, schema.PAUSED))
+    upd.where(upd.in_(J.STATUS, [s.value for s in RUNNABLE]), upd.absent(J.PAUSED_BY),
+              _listed_as(upd, job))
+    table.update(schema.job_key(job.job_id), upd)
+
+
+def unpause(table: Table, job: JobItem, job_type: str, still_held_by: str | None = None) -> None:
+    """Let a job held by `job_type`'s pause go on: back in the ACTIVE bucket, ready for the
+    next sweep (`Refused` if this type does not hold it). A job whose own or ancestor's type
+    `still_held_by` is paused too is handed over to that pause instead, in the same write."""
+    if still_held_by is not None:
+        upd = Update().set(J.PAUSED_BY, still_held_by)
+        table.update(schema.job_key(job.job_id),
+                     upd.where(upd.eq(J.PAUSED_BY, job_type), _listed_as(upd, job)))
+        return
+    upd = Update().remove(J.PAUSED_BY)
+    if job.in_bucket(schema.PAUSED):  # stale at once: the next sweep sends it
+        upd.set(J.LIST_KEY, _bucket_key(job, schema.ACTIVE)).set(J.UPDATED, 0)
+        upd.remove(J.SWEPT_AT)
+    table.update(schema.job_key(job.job_id),
+                 upd.where(upd.eq(J.PAUSED_BY, job_type), _listed_as(upd, job)))
+
+
+def _listed_as(upd: Update, job: JobItem) -> str:
+    """The job is still in the by-type bucket it was read in (a step that slept or finished
+    since moved it; the caller reads it again)."""
+    return upd.eq(J.LIST_KEY, job.list_key) if job.list_key else upd.absent(J.LIST_KEY)
+
+
+def _bucket_key(job: JobItem, bucket: str) -> str:
+    return schema.list_range(job.job_type, bucket, job.created_at or 0)
 
 
 # -- fan-out -------------------------------------------------------------------------------------
 
 
 def join_action(table: Table, parent_id: str) -> dict[str, Any]:
-    """In a child's final transaction: one child fewer pending, the parent due."""
-    now = table.clock.now_ms()
-    upd = _due(Update().add(J.PENDING, -1), parent_id, now + table.dispatch_timeout_ms)
+    """In a child's final transaction: one child fewer pending (the parent's last write is
+    now, so the sweeper sends its next step if the last child's dispatch is lost)."""
+    upd = Update().add(J.PENDING, -1).set(J.UPDATED, table.clock.now_ms())
     return action(table, schema.job_key(parent_id), _job(upd))
 
 
 def release_sibling_action(table: Table, sibling_id: str) -> dict[str, Any]:
     """In a child's final transaction: the queued sibling takes its concurrency slot."""
-    now = table.clock.now_ms()
-    upd = _due(Update().remove(J.NOT_BEFORE, J.WAIT_REASON), sibling_id,
-               now + table.dispatch_timeout_ms)
+    upd = (Update().set(J.NOT_BEFORE, 0).set(J.UPDATED, table.clock.now_ms())
+           .remove(J.WAIT_REASON))
     return action(table, schema.job_key(sibling_id), _job(upd))
 
 
@@ -470,28 +486,27 @@ def withdraw_action(table: Table, lease: Lease, child_id: str) -> dict[str, Any]
 # -- the sweeper -----------------------------------------------------------------------------------
 
 
-def sweep_take(table: Table, job_id: str, step: int, old_due: int, now: int) -> JobItem:
-    """Take a due step for re-dispatch (one sweeper of several wins): due again after the
-    dispatch timeout; counts the sweep and the step's re-dispatches (ALL_NEW)."""
-    upd = Update().set(J.DUE, now + table.dispatch_timeout_ms).add(J.SWEEPS, 1)
-    upd.add(J.REDISPATCHES, 1).where(upd.eq(J.STEP, step), upd.eq(J.DUE, old_due))
-    return job_item(table.update(schema.job_key(job_id), upd, returns="ALL_NEW"))
+def sweep_take(table: Table, job: JobItem, now: int) -> JobItem:
+    """Take a job in flight for re-dispatch (one sweeper of several wins): counts the sweep
+    and the step's re-dispatches (ALL_NEW). Refused if the job moved since it was read."""
+    upd = Update().set(J.SWEPT_AT, now).add(J.SWEEPS, 1).add(J.REDISPATCHES, 1)
+    upd.where(upd.eq(J.STEP, job.step), upd.eq(J.UPDATED, job.updated_at or 0),
+              upd.absent(J.SWEPT_AT) if job.swept_at is None
+              else upd.eq(J.SWEPT_AT, job.swept_at))
+    return job_item(table.update(schema.job_key(job.job_id), upd, returns="ALL_NEW"))
 
 
-def sweep_postpone(table: Table, job_id: str, step: int, old_due: int, new_due: int, *,
-                   count: bool = True) -> None:
-    """Move due_at iff nobody changed the job since it was read (`Refused` otherwise)."""
-    upd = Update().set(J.DUE, new_due)
-    if count:
-        upd.add(J.SWEEPS, 1)
-    upd.where(upd.eq(J.STEP, step), upd.eq(J.DUE, old_due))
-    table.update(schema.job_key(job_id), upd)
-
-
-def sweep_undue(table: Table, job_id: str, status: JobStatus) -> None:
-    """Take a finished job out of the due index (`Refused` if it is no longer finished)."""
-    upd = Update().remove(J.DUE, J.DUE_SHARD)
-    table.update(schema.job_key(job_id), upd.where(upd.eq(J.STATUS, status.value)))
+def sweep_wake(table: Table, job: JobItem, now: int) -> JobItem:
+    """A sleeping job's wake (or deadline) is here: back in the ACTIVE bucket (PAUSED if a
+    paused type holds it), out of the `due` index, swept now (ALL_NEW). Refused if the job
+    moved since it was read."""
+    held = job.paused_by is not None  # not sent: its resume makes it ready at once
+    upd = Update().set(J.LIST_KEY, _bucket_key(job, schema.PAUSED if held else schema.ACTIVE))
+    upd.remove(J.DUE, J.DUE_SHARD)
+    if not held:
+        upd.set(J.SWEPT_AT, now).add(J.SWEEPS, 1).add(J.REDISPATCHES, 1)
+    upd.where(upd.eq(J.STEP, job.step), upd.eq(J.DUE, job.due_at or 0))
+    return job_item(table.update(schema.job_key(job.job_id), upd, returns="ALL_NEW"))
 
 
 def request_token() -> str:

@@ -238,13 +238,6 @@ def drain(app: jobstate.App, cont: jobstate.InMemoryContinuation,
 def break_claim_lease_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Mutation: the claim's condition no longer looks at the lease (its "no live lease"
     part always holds). The suites that must catch a broken claim run under this."""
-    from jobstate import dynamo, schema
+    from jobstate import schema, transitions
 
-    real = dynamo.Update.absent_or
-
-    def absent_or(self: dynamo.Update, attr: str, op: str, value: Any) -> str:
-        if attr == schema.J.LEASE:
-            return self.exists(schema.PK)
-        return real(self, attr, op, value)
-
-    monkeypatch.setattr(dynamo.Update, "absent_or", absent_or)
+    monkeypatch.setattr(transitions, "lease_over", lambda upd, now: upd.exists(schema.PK))

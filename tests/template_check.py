@@ -373,7 +373,7 @@ def check_table(cfn: dict[str, Any]) -> list[str]:
     gsis = {g["IndexName"]: g for g in p.get("GlobalSecondaryIndexes", [])}
     want = {
         "by-type": ({"lk": "HASH", "ls": "RANGE"}, "KEYS_ONLY"),
-        "due": ({"dk": "HASH", "due_at": "RANGE"}, "INCLUDE"),
+        "due": ({"dk": "HASH", "du": "RANGE"}, "INCLUDE"),
     }
     for name, (schema, projection) in want.items():
         g = gsis.get(name)
@@ -385,16 +385,16 @@ def check_table(cfn: dict[str, Any]) -> list[str]:
             problems.append(f"{lid}: GSI {name!r} keys {got}")
         if g.get("Projection", {}).get("ProjectionType") != projection:
             problems.append(f"{lid}: GSI {name!r} projection {g.get('Projection')}")
-    if attr_types.get("due_at") != "N":
-        problems.append(f"{lid}: due_at must be a Number attribute")
+    if attr_types.get("du") != "N":
+        problems.append(f"{lid}: du (due time) must be a Number")
     if gsis.get("due"):
         included = set(gsis["due"].get("Projection", {}).get("NonKeyAttributes", []))
-        missing = {"job_type", "status", "step", "lease_expires_at", "deadline_at"} - included
+        missing = {"ty", "st", "sn", "dl", "pz"} - included
         if missing:
             problems.append(f"{lid}: GSI 'due' does not project {sorted(missing)}")
     ttl = p.get("TimeToLiveSpecification") or {}
-    if not (ttl.get("Enabled") is True and ttl.get("AttributeName") == "expires_at"):
-        problems.append(f"{lid}: TTL on expires_at not enabled ({ttl})")
+    if not (ttl.get("Enabled") is True and ttl.get("AttributeName") == "ex"):
+        problems.append(f"{lid}: TTL on ex (expires at) not enabled ({ttl})")
     pitr = p.get("PointInTimeRecoverySpecification") or {}
     if pitr.get("PointInTimeRecoveryEnabled") is not True:
         problems.append(f"{lid}: point-in-time recovery not enabled")

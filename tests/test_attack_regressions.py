@@ -39,7 +39,7 @@ def _effect_write(op: str, kind: str = "") -> Callable[[str, dict[str, Any]], bo
         if kind == DONE_WRITE:
             return {"S": "DONE"} in kw.get("ExpressionAttributeValues", {}).values()
         if kind == TAKE_OVER:
-            return "runs" in kw.get("ExpressionAttributeNames", {}).values()
+            return jobstate.schema.FX.RUNS in kw.get("ExpressionAttributeNames", {}).values()
         return True
     return pick
 

@@ -179,8 +179,16 @@ def test_cancel_resume_pause(url, table, jobs):
 
     assert run(url, table, "pause", "count").exit_code == 0
     assert store.is_paused("count", fresh=True)
+    # The held job shows PAUSED everywhere an operator looks.
+    r = run(url, table, "status", jobs["running"])
+    assert "PAUSED" in r.stdout and "paused by" in r.stdout
+    assert "PAUSED" in run(url, table, "list", "--type", "count").stdout
+    view = json.loads(run(url, table, "status", jobs["running"], "--json").stdout)
+    view = view.get("job", view)
+    assert view["display_status"] == "PAUSED" and view["paused_by"] == "count"
     r = run(url, table, "resume", "count", "--json")  # not a job id: the type
-    assert json.loads(r.stdout) == {"job_type": "count", "paused": False, "due_now": 0}
+    # The resumed job (RUNNING, unleased) is runnable again: it is due now.
+    assert json.loads(r.stdout) == {"job_type": "count", "paused": False, "due_now": 1}
     assert not store.is_paused("count", fresh=True)
     # Resuming again is a no-op (a retried runbook step must not fail), by name or --type.
     for args in (["count"], ["count", "--type"]):

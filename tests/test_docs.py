@@ -307,9 +307,9 @@ def test_slim_bundle_needs_only_boto3_pynamodb_tenacity(tmp_path: Path) -> None:
 
 
 def test_the_transition_table_in_concepts_is_the_codes() -> None:
-    from jobstate import transitions
+    from jobstate import statemachine
 
     text = (ROOT / "docs" / "concepts.md").read_text()
     shown = text.split("<!-- transitions:begin -->\n", 1)[1].split("\n<!-- transitions:end", 1)[0]
-    assert shown == transitions.table_markdown(), (
-        "docs/concepts.md's transition table is not transitions.table_markdown(); paste it")
+    assert shown == statemachine.table_markdown(), (
+        "docs/concepts.md's transition table is not statemachine.table_markdown(); paste it")

@@ -17,6 +17,7 @@ from conftest import ClientFault, RequestLog, drain
 import jobstate
 from jobstate import JobStatus, Semantics, faults
 from jobstate.effects import PERSIST_ATTEMPTS
+from jobstate.items import effect_item, job_item
 from jobstate.testing import Crash, Driver, FakeLambdaContext
 
 pytestmark = pytest.mark.integration
@@ -533,7 +534,7 @@ def test_cipher_makes_stored_tokens_unreadable_and_round_trips(make_store, clock
     assert seen == [{}, {"etl": SECRET}]  # decrypted for the next step
     assert "encrypt" in calls and "decrypt" in calls
     raw = _raw_job(store, jid)
-    stored = raw["tokens"]["S"]
+    stored = job_item(raw).tokens or ""
     assert SECRET not in stored and "etl" not in stored
     assert SECRET not in str(raw)
     assert store.get(jid, secrets=True).tokens == {"etl": SECRET}
@@ -687,18 +688,18 @@ def test_effect_records_expire_after_the_deadline_and_move_on_resume(app, cont, 
     drain(app, cont)
     job = store.get("dl")
     assert job.status is JobStatus.FAILED  # its max_steps guard
-    ttl = {e["key"]: store.call("get_item", Key={"pk": {"S": "JOB#dl"},
-                                                 "sk": {"S": f"FX#{e['key']}"}})["Item"]
-           ["expires_at"]["N"] for e in jobstate.list_effects(store, "dl")}
-    assert set(ttl.values()) == {str(job.deadline_at // 1000 + store.retention_s)}
+    ttl = {e["key"]: effect_item(store.call("get_item", Key={"pk": {"S": "JOB#dl"},
+                                                             "sk": {"S": f"FX#{e['key']}"}})
+                                 ["Item"]).expires_at for e in jobstate.list_effects(store, "dl")}
+    assert set(ttl.values()) == {job.deadline_at // 1000 + store.retention_s}
     nodl = store.call("get_item", Key={"pk": {"S": "JOB#nodl"}, "sk": {"S": "FX#fx"}})["Item"]
-    assert "expires_at" not in nodl  # no deadline: the record outlives any retention
+    assert effect_item(nodl).expires_at is None  # no deadline: it outlives any retention
     clock.advance(7200)
     resumed = store.resume("dl", max_steps=10, deadline_s=30 * 86400)
     for key in ttl:
         item = store.call("get_item", Key={"pk": {"S": "JOB#dl"},
                                            "sk": {"S": f"FX#{key}"}})["Item"]
-        assert int(item["expires_at"]["N"]) == resumed.deadline_at // 1000 + store.retention_s
+        assert effect_item(item).expires_at == resumed.deadline_at // 1000 + store.retention_s
 
 
 def test_an_effect_is_not_settled_by_hand_while_a_step_holds_the_job(app, cont, store, clock):

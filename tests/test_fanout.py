@@ -17,6 +17,8 @@ from conftest import drain
 
 import jobstate
 from jobstate import JobStatus
+from jobstate.items import JobItem, child_item, job_item
+from jobstate.schema import J
 from jobstate.schema import job_key as _job_key
 from jobstate.testing import Driver, FakeLambdaContext
 
@@ -65,14 +67,12 @@ def child_views(store: jobstate.JobStore, parent_id: str, spawn_step: int,
         keys = [_job_key(jobstate.records.child_id(parent_id, spawn_step, i))
                 for i in range(start, min(n, start + 100))]
         resp = store.call("batch_get_item", RequestItems={store.table_name: {
-            "Keys": keys, "ConsistentRead": True,
-            "ProjectionExpression": "job_id, #s, lease_expires_at, not_before",
-            "ExpressionAttributeNames": {"#s": "status"}}})
+            "Keys": keys, "ConsistentRead": True}})
         assert not resp.get("UnprocessedKeys")
-        for raw in resp["Responses"][store.table_name]:
-            out.append({"job_id": raw["job_id"]["S"], "status": JobStatus(raw["status"]["S"]),
-                        "lease": int(raw.get("lease_expires_at", {}).get("N", "0")),
-                        "not_before": int(raw.get("not_before", {}).get("N", "0"))})
+        for item in map(job_item, resp["Responses"][store.table_name]):
+            out.append({"job_id": item.job_id, "status": item.status,
+                        "lease": item.lease_expires_at or 0,
+                        "not_before": item.not_before or 0})
     return out
 
 
@@ -189,7 +189,7 @@ def test_thousand_children_join_exactly_once(app, cont, store, clock, fast_moto_
             child_costs.append((writes.writes, writes.hits))
         raw = store.get_raw(pid)
         assert raw is not None
-        pending = int(raw.get("pending", {}).get("N", "0"))
+        pending = job_item(raw).pending or 0
         assert pending >= 0, f"pending went to {pending}"
         pending_seen.append(pending)
 
@@ -322,7 +322,7 @@ def test_child_finishing_twice_never_double_counts(app, cont, store, clock):
     drain(app, cont, FakeLambdaContext(clock))
     assert store.get(bad).status is JobStatus.FAILED  # same input, same failure
     raw = store.get_raw(pid)
-    assert raw is not None and int(raw["pending"]["N"]) == 0
+    assert raw is not None and job_item(raw).pending == 0
     assert len(jobstate.fanout.children(store, pid)) == 3
     assert runs == [0, 1]
 
@@ -490,14 +490,18 @@ def spawned(app: jobstate.App, cont: jobstate.InMemoryContinuation,
     app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
 
 
-def test_a_cancelled_parent_does_not_stay_in_the_due_index(app, cont, store, clock):
+def item_of(store: jobstate.JobStore, job_id: str) -> JobItem:
+    return job_item(store.get_raw(job_id))
+
+
+def test_a_cancelled_tree_leaves_nothing_for_the_sweeper_to_look_at(app, cont, store, clock):
     spawned(app, cont, clock, "cp", 3)
     assert jobstate.cancel_tree(store, "cp") == 4
+    for job_id in ("cp", "cp.s0.0", "cp.s0.1", "cp.s0.2"):
+        job = item_of(store, job_id)
+        assert job.due_at is None and job.in_bucket("CANCELLED"), job
     clock.advance(3600)
-    first = jobstate.sweep(store, cont)
-    assert first.cleaned >= 1 and first.dispatched == 0
-    assert "dk" not in store.get_raw("cp")
-    assert jobstate.sweep(store, cont).scanned == 0  # nothing left to look at, ever
+    assert jobstate.sweep(store, cont).scanned == 0  # in neither the due index nor ACTIVE
 
 
 def test_a_re_run_spawn_costs_a_few_requests_not_one_per_child(app, cont, store, clock):
@@ -571,8 +575,8 @@ def test_a_resumed_child_that_succeeds_counts_as_succeeded(app, cont, store, clo
     # counting the child twice: the parent still waits for child 0 alone.
     link = store.call("get_item", Key={"pk": {"S": "JOB#pp"}, "sk": {"S": "CHILD#pp.s0.1"}},
                       ConsistentRead=True)["Item"]
-    assert link["status"]["S"] == "SUCCEEDED" and "error" not in link
-    assert jobstate.codec.loads(link["result"]["S"]) == "r1"
+    assert child_item(link).status == "SUCCEEDED" and child_item(link).error is None
+    assert jobstate.codec.loads(child_item(link).result) == "r1"
     assert store.get("pp").pending_children == 1
     app.handler(ev["pp.s0.0"], FakeLambdaContext(clock))
     drain(app, cont, clock)
@@ -602,7 +606,7 @@ def test_a_resumed_child_that_is_cancelled_rewrites_its_link(app, cont, store, c
     store.cancel("pc.s0.1", "not needed after all")
     link = store.call("get_item", Key={"pk": {"S": "JOB#pc"}, "sk": {"S": "CHILD#pc.s0.1"}},
                       ConsistentRead=True)["Item"]
-    assert link["status"]["S"] == "CANCELLED"
+    assert child_item(link).status == "CANCELLED"
     assert store.get("pc").pending_children == 1  # counted once, when it first failed
 
 
@@ -738,7 +742,8 @@ def test_a_child_whose_parent_or_released_sibling_is_gone_still_finishes(app, co
     store.call("delete_item", Key=_job_key("gone"))
     third = {"jobstate": {"job_id": "gone.s0.2", "step": 0}}
     store.call("update_item", Key=_job_key("gone.s0.2"),  # as if released
-               UpdateExpression="REMOVE not_before, wait_reason")
+               UpdateExpression=f"SET {J.NOT_BEFORE} = :z REMOVE {J.WAIT_REASON}",
+               ExpressionAttributeValues={":z": {"N": "0"}})
     assert app.handler(third, FakeLambdaContext(clock))["outcome"] == "completed"
     assert store.get("gone.s0.2").status is JobStatus.SUCCEEDED
 
@@ -747,3 +752,26 @@ def test_cancelling_a_child_whose_parent_is_gone_cancels_it(app, cont, store, cl
     spawned(app, cont, clock, "orph", 2)
     store.call("delete_item", Key=_job_key("orph"))
     assert store.cancel("orph.s0.0", "cleanup").status is JobStatus.CANCELLED
+
+
+def test_resuming_the_root_type_leaves_a_descendant_whose_own_type_is_still_paused_held(
+        make_store, cont, clock):
+    store = make_store(pause_cache_s=0)
+    app = jobstate.App(store, cont)
+    ran: list[str] = []
+    register_tree(app, ran)
+    app.start("root", None, job_id="r")
+    ctx = FakeLambdaContext(clock)
+    app.handler(cont.pop_all()[0], ctx)  # root spawns mid
+    app.handler(cont.pop_all()[0], ctx)  # mid spawns leaf
+    [leaf_event] = cont.pop_all()
+    store.set_paused("root", True)  # holds root, mid and the leaf
+    store.set_paused("leaf", True)  # the leaf is held already (by root)
+    store.set_paused("root", False)
+    leaf = store.get("r.s0.0.s0.0")
+    assert (leaf.paused_by, leaf.display_status) == ("leaf", "PAUSED")  # handed over
+    assert app.handler(leaf_event, ctx)["outcome"] == "paused" and ran == []
+    store.set_paused("leaf", False)
+    jobstate.sweep(store, cont)
+    drain(app, cont, ctx)
+    assert ran == ["r.s0.0.s0.0"] and store.get("r").status is JobStatus.SUCCEEDED

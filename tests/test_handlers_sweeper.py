@@ -108,8 +108,27 @@ def test_stops_early_and_leaves_the_rest_to_the_next_run(
     first = sweeper.run(app.store, jobstate_continuation, short, limit=2)
     assert first["pages"] == 1 and not first["complete"] and first["dispatched"] == 2
     second = sweeper.run(app.store, jobstate_continuation, short, limit=5)
-    assert second["dispatched"] == 5  # the next run starts at what is still due
+    assert second["dispatched"] == 5  # the next run starts where the first stopped
     assert len(jobstate_continuation.pop_all()) == 7
+
+
+def test_a_run_that_finishes_lets_the_next_start_at_the_beginning(
+    app: jobstate.App, jobstate_continuation: jobstate.InMemoryContinuation,
+    jobstate_clock: jobstate.ManualClock,
+) -> None:
+    lose_starts(app, jobstate_continuation, 4)
+    jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
+    short = FakeLambdaContext(jobstate_clock, timeout_ms=5_000)
+    assert sweeper.run(app.store, jobstate_continuation, short, limit=3)["dispatched"] == 3
+    rest = sweeper.run(app.store, jobstate_continuation, short, limit=3)
+    assert rest["dispatched"] == 1 and rest["complete"]
+    sent = [next(iter(e.values()))["job_id"] for e in jobstate_continuation.pop_all()]
+    # Nobody claimed them: after the backoff they are sent again, from the first.
+    jobstate_clock.advance(2 * app.store.dispatch_timeout_ms / 1000 + 1)
+    again = sweeper.run(app.store, jobstate_continuation, short, limit=3)
+    assert again["dispatched"] == 3 and not again["complete"]
+    resent = [next(iter(e.values()))["job_id"] for e in jobstate_continuation.pop_all()]
+    assert resent == sent[:3]
 
 
 def test_handler_reads_env_and_returns_counts(

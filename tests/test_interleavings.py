@@ -44,6 +44,7 @@ from conftest import break_claim_lease_check
 
 import jobstate
 from jobstate import NOT_DONE, JobStatus, Semantics, faults, step_event
+from jobstate.items import job_item
 from jobstate.testing import Crash, FakeLambdaContext, dynamodb_client
 
 pytestmark = pytest.mark.integration  # on every backend: moto, and AWS's DynamoDB Local
@@ -151,8 +152,9 @@ class World:
 
     def on_claim(self, inv: Inv, job_id: str) -> None:
         raw = self.store.get_raw(job_id) or {}
-        owner = raw.get("lease_owner", {}).get("S", "?")
-        expires = int(raw.get("lease_expires_at", {}).get("N", "0"))
+        item = job_item(raw) if raw else None
+        owner = (item.lease_owner if item else None) or "?"
+        expires = (item.lease_expires_at if item else None) or 0
         now = self.clock.now_ms()
         for other, other_owner, other_expires in self.claims:
             # The stored expiry says the lease is live; `not other.finished` says its

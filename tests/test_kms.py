@@ -18,7 +18,9 @@ import pytest
 from conftest import drain
 
 import jobstate
+from jobstate import items as items_
 from jobstate import kms
+from jobstate.schema import J
 from jobstate.testing import FakeLambdaContext
 
 pytestmark = pytest.mark.integration
@@ -62,10 +64,10 @@ def test_tokens_and_effect_results_are_encrypted_and_round_trip(make_store: Any,
     items = scan(store)
     stored = json.dumps(items)
     assert SECRET not in stored and TICKET not in stored
-    [job_item] = [i for i in items if i["sk"]["S"] == "JOB"]
-    [effect] = [i for i in items if i["sk"]["S"] == "FX#issue"]
-    assert job_item["tokens"]["S"].startswith("enc:" + kms.FORMAT)
-    assert effect["result"]["S"].startswith("enc:" + kms.FORMAT)
+    [job] = [items_.job_item(i) for i in items if i["sk"]["S"] == "JOB"]
+    [effect] = [items_.effect_item(i) for i in items if i["sk"]["S"] == "FX#issue"]
+    assert (job.tokens or "").startswith("enc:" + kms.FORMAT)
+    assert (effect.result or "").startswith("enc:" + kms.FORMAT)
     assert store.get("v-1", secrets=True).tokens == {"api_key": SECRET}
     assert jobstate.list_effects(store, "v-1", secrets=True)[0]["result"] == {"ticket": TICKET}
 
@@ -82,9 +84,10 @@ def test_a_ciphertext_moved_to_another_job_or_table_does_not_decrypt(make_store:
     app.start("vault", job_id="victim")
     [owner_start, victim_start] = cont.pop_all()
     app.handler(owner_start, None)  # owner's tokens are written (encrypted)
-    stolen = store.get_raw("owner")["tokens"]["S"]  # type: ignore[index]
+    stolen = items_.job_item(store.get_raw("owner") or {}).tokens or ""
     store.call("update_item", Key={"pk": {"S": "JOB#victim"}, "sk": {"S": "JOB"}},
-               UpdateExpression="SET tokens = :t", ExpressionAttributeValues={":t": {"S": stolen}})
+               UpdateExpression="SET #t = :t", ExpressionAttributeNames={"#t": J.TOKENS},
+               ExpressionAttributeValues={":t": {"S": stolen}})
     with pytest.raises(jobstate.TokensUnreadable, match="written for this job and table"):
         store.get("victim", secrets=True)
     report = app.handler(victim_start, None)

@@ -49,12 +49,15 @@ def test_paused_type_noops_events_and_the_sweeper_skips_it_until_resumed(app, co
     [event] = cont.pop_all()
 
     store.set_paused("count", True, "incident 42")
+    before = store.get_raw(jid)
     log = RequestLog(store)
     report = deliver(app, event, clock)
     assert report["outcome"] == "paused"
-    assert log.ops == ["GetItem"]  # the control read, nothing written
+    # The claim's condition met the job's mark: one refused write, nothing changed.
+    assert log.ops == ["UpdateItem"] and store.get_raw(jid) == before
     job = store.get(jid)
     assert (job.status, job.step, job.lease_owner) == (JobStatus.RUNNING, 1, None)
+    assert (job.paused_by, job.display_status) == ("count", "PAUSED")
     assert runs == [(0, 0)]
 
     # Other types keep running.
@@ -62,21 +65,15 @@ def test_paused_type_noops_events_and_the_sweeper_skips_it_until_resumed(app, co
     drain(app, cont, FakeLambdaContext(clock))
     assert store.get(oid).status is JobStatus.SUCCEEDED
 
-    # The sweeper never dispatches the paused job; it looks at it again only every
-    # PAUSED_RECHECK_MS, so a paused backlog cannot fill its budget.
-    from jobstate.sweeper import PAUSED_RECHECK_MS
-
-    seen = []
-    for _ in range(2 * PAUSED_RECHECK_MS // 1000 // (DISPATCH_S + 1) + 1):
+    # The sweeper never dispatches the held job, nor even reads it: a held job is out of
+    # the bucket of jobs in flight it reads each sweep.
+    for _ in range(3):
         clock.advance(DISPATCH_S + 1)
         sweep = jobstate.sweep(store, cont)
-        assert sweep.dispatched == 0
-        seen.append(sweep.paused)
-    assert sum(seen) >= 2 and seen.count(0) >= 2
+        assert (sweep.dispatched, sweep.scanned) == (0, 0)
     assert cont.pop_all() == []
-    assert store.get(jid).due_at > clock.now_ms()
 
-    store.set_paused("count", False)
+    assert store.set_paused("count", False) == 1  # one job let go: ready for the next sweep
     sweep = jobstate.sweep(store, cont)
     assert sweep.dispatched == 1 and sweep.paused == 0
     drain(app, cont, FakeLambdaContext(clock))
@@ -100,7 +97,7 @@ def test_paused_type_before_start_stays_pending(app, cont, store, clock):
     assert runs == [(0, 0)]
 
 
-def test_pause_is_cached_per_container_for_pause_cache_s(make_store, cont, clock):
+def test_a_pause_holds_the_next_step_in_every_container_at_once(make_store, cont, clock):
     store = make_store(pause_cache_s=10)
     app = jobstate.App(store, cont)
     runs: list[tuple[int, int]] = []
@@ -109,20 +106,16 @@ def test_pause_is_cached_per_container_for_pause_cache_s(make_store, cont, clock
     operator = jobstate.JobStore(store.table_name, endpoint_url=store.endpoint_url,
                                  region="us-east-1", clock=clock)
     jid = app.start("count", None, job_id="cached")
-    deliver(app, cont.pop_all()[0], clock)  # caches "not paused"
+    deliver(app, cont.pop_all()[0], clock)
     operator.set_paused("count", True)
     log = RequestLog(store)
-    report = deliver(app, cont.pop_all()[0], clock)  # within the cache window: still runs
-    assert report["outcome"] == "committed"
-    assert "GetItem" not in log.ops  # the cached answer costs no request
-    clock.advance(11)
-    report = deliver(app, cont.pop_all()[0], clock)
+    report = deliver(app, cont.pop_all()[0], clock)  # no cache to wait out
     assert report["outcome"] == "paused"
-    assert store.get(jid).step == 2
-    # `fresh=True` bypasses the cache (operator tooling).
-    operator.set_paused("count", False)
-    assert store.is_paused("count") is True
-    assert store.is_paused("count", fresh=True) is False
+    assert "GetItem" not in log.ops  # the mark is on the job: no flag is read
+    assert store.get(jid).step == 1
+    # Creating a job reads the flag, cached for pause_cache_s; `fresh=True` bypasses it.
+    assert store.is_paused("count") is False  # read when the job was created
+    assert store.is_paused("count", fresh=True) is True
 
 
 def test_resume_failed_job_from_its_last_checkpoint_with_a_new_attempt_budget(app, cont, store,
@@ -228,7 +221,7 @@ def hold_a_job(app: jobstate.App, cont: jobstate.InMemoryContinuation,
     app.start(job_type, None, job_id=job_id)
     cont.pop_all()
     clock.advance(DISPATCH_S + 1)
-    assert jobstate.sweep(store, cont).paused == 1  # set aside for PAUSED_RECHECK_MS
+    assert jobstate.sweep(store, cont).dispatched == 0  # held: not even read
 
 
 def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
@@ -251,16 +244,49 @@ def test_resuming_a_type_makes_its_jobs_due_now(app, cont, store, clock):
 def test_a_resume_that_died_while_waking_is_finished_by_the_next(app, cont, store, clock,
                                                                  monkeypatch):
     hold_a_job(app, cont, store, clock, "woke", "w1")
-    real = store.pauses._wake_type
+    real = store.pauses._let_go
 
-    def dies(job_type: str) -> int:
+    def dies(job_type: str, ids: Any, *, seen: set[str]) -> int:
         raise jobstate.StoreUnavailable("throttled")
 
-    monkeypatch.setattr(store.pauses, "_wake_type", dies)
+    monkeypatch.setattr(store.pauses, "_let_go", dies)
     with pytest.raises(jobstate.StoreUnavailable):
         store.set_paused("woke", False)
     assert store.pause_state("woke") is False  # resumed, but its jobs are still set aside
-    monkeypatch.setattr(store.pauses, "_wake_type", real)
+    monkeypatch.setattr(store.pauses, "_let_go", real)
     assert store.set_paused("woke", False) == 1  # the retried runbook step finishes it
     assert store.set_paused("woke", False) == 0  # and then it is a no-op again
     assert jobstate.sweep(store, cont).dispatched == 1
+
+
+def test_a_pause_marks_a_job_whose_step_moved_it_since_the_pause_listed_it(app, cont, store,
+                                                                           clock, monkeypatch):
+    runs: list[tuple[int, int]] = []
+
+    @app.job("napper", max_steps=10)
+    def napper(ctx: jobstate.StepContext) -> Any:
+        runs.append((ctx.step, 0))
+        if ctx.step == 0:
+            return ctx.sleep(300)
+        return ctx.complete("woke")
+
+    app.start("napper", None, job_id="n1")
+    [first] = cont.pop_all()
+    real = store.pauses._read
+
+    def stale(ids: list[str]) -> Any:
+        listed = list(real(ids))  # read while in flight (the ACTIVE bucket) ...
+        deliver(app, first, clock)  # ... then its step puts it to sleep (the ASLEEP bucket)
+        return iter(listed)
+
+    monkeypatch.setattr(store.pauses, "_read", stale)
+    store.set_paused("napper", True)
+    monkeypatch.setattr(store.pauses, "_read", real)
+    job = store.get("n1")
+    assert (job.status, job.paused_by) == (JobStatus.WAITING, "napper")  # read again, marked
+    clock.advance(301)
+    assert jobstate.sweep(store, cont).dispatched == 0 and runs == [(0, 0)]
+    store.set_paused("napper", False)
+    jobstate.sweep(store, cont)
+    drain(app, cont, FakeLambdaContext(clock))
+    assert store.get("n1").status is JobStatus.SUCCEEDED and runs == [(0, 0), (1, 0)]

@@ -52,6 +52,7 @@ from hypothesis.stateful import (
 
 import jobstate
 from jobstate import NOT_DONE, Semantics, faults
+from jobstate.items import JobItem, effect_item, job_item
 from jobstate.testing import Crash, FakeLambdaContext, dynamodb_client
 
 TIMEOUT_MS = 60_000
@@ -211,8 +212,9 @@ class JobMachine(RuleBasedStateMachine):
 
     def _on_claim(self, ctl: Control, job_id: str) -> None:
         raw = self.store.get_raw(job_id) or {}
-        owner = raw.get("lease_owner", {}).get("S", "?")
-        expires = int(raw.get("lease_expires_at", {}).get("N", "0"))
+        item = job_item(raw) if raw else None
+        owner = (item.lease_owner if item else None) or "?"
+        expires = (item.lease_expires_at if item else None) or 0
         now = self.clock.now_ms()
         held = self.leases.setdefault(job_id, [])
         for mine in held:
@@ -460,8 +462,8 @@ class JobMachine(RuleBasedStateMachine):
 
     # -- invariants ----------------------------------------------------------------------
 
-    def scan(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
-        jobs: dict[str, dict[str, Any]] = {}
+    def scan(self) -> tuple[dict[str, JobItem], dict[tuple[str, str], str]]:
+        jobs: dict[str, JobItem] = {}
         effects: dict[tuple[str, str], str] = {}
         kw: dict[str, Any] = {}
         while True:
@@ -469,9 +471,9 @@ class JobMachine(RuleBasedStateMachine):
             for item in resp["Items"]:
                 pk, sk = item["pk"]["S"], item["sk"]["S"]
                 if sk == "JOB":
-                    jobs[pk.removeprefix("JOB#")] = item
+                    jobs[pk.removeprefix("JOB#")] = job_item(item)
                 elif sk.startswith("FX#"):
-                    effects[(pk.removeprefix("JOB#"), sk[3:])] = item["state"]["S"]
+                    effects[(pk.removeprefix("JOB#"), sk[3:])] = effect_item(item).state
             if "LastEvaluatedKey" not in resp:
                 return jobs, effects
             kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
@@ -490,10 +492,10 @@ class JobMachine(RuleBasedStateMachine):
             item = jobs.get(job_id)
             if item is None:
                 self.fail(f"job {job_id} vanished")
-            status = item["status"]["S"]
-            step = int(item["step"]["N"])
-            cursor = json.loads(item.get("cursor", {}).get("S") or "{}")
-            result = json.loads(item["result"]["S"]) if "result" in item else None
+            status = item.status.value
+            step = item.step
+            cursor = json.loads(item.cursor or "{}")
+            result = json.loads(item.result) if item.result is not None else None
             if step < self.last_step.get(job_id, 0):
                 self.fail(f"{job_id} went back from step {self.last_step[job_id]} to {step}")
             self.last_step[job_id] = step
@@ -511,10 +513,9 @@ class JobMachine(RuleBasedStateMachine):
                 self.fail(f"{job_id} succeeded at step {step} with {result}")
             if status == "CANCELLED" and job_id not in self.cancelled:
                 self.fail(f"{job_id} is CANCELLED but nobody cancelled it")
-            error = item.get("error", {}).get("S", "")
+            error = item.error or ""
             if status == "FAILED" and (kind != "amo"
-                                       or item.get("error_type", {}).get("S")
-                                       != "EffectOutcomeUnknown"):
+                                       or item.error_type != "EffectOutcomeUnknown"):
                 self.fail(f"{job_id} FAILED: {error}")
             seen = (status, step, result)
             if status in ("SUCCEEDED", "FAILED", "CANCELLED"):

@@ -173,7 +173,9 @@ def test_commit_then_crash_before_invoke_leaves_job_due(app, cont, store, clock,
     assert cont.events == []
     job = store.get("lost")
     assert job.step == 1 and job.lease_owner is None
-    assert job.due_at is not None and job.due_at <= clock.now_ms() + store.dispatch_timeout_ms
+    # Stale, and sent again, once unclaimed for the dispatch timeout after its commit.
+    assert job.due_at == job.updated_at + store.dispatch_timeout_ms
+    assert jobstate.sweep(store, cont).dispatched == 0  # not stale yet
     clock.advance(store.dispatch_timeout_ms / 1000 + 1)
     report = jobstate.sweep(store, cont)
     assert report.lost_continuations == 1 and report.dispatched == 1
@@ -188,8 +190,8 @@ def test_happy_path_costs_two_writes_zero_reads(app, cont, store, requests_log):
     app.start("count", None, job_id="cost")
     drain_one = cont.pop_all()[0]
     requests_log.reset()
-    app.handler(drain_one)  # a cold container also reads the pause control item once
-    assert requests_log.writes == 2 and requests_log.reads == 1
+    app.handler(drain_one)  # a cold container too: the pause switch is on the job item
+    assert requests_log.writes == 2 and requests_log.reads == 0
     per_step = []
     for _ in range(5):
         requests_log.reset()
@@ -203,28 +205,27 @@ def test_happy_path_costs_two_writes_zero_reads(app, cont, store, requests_log):
     assert (requests_log.writes, requests_log.reads) == (2, 0)  # claim + completion
 
 
-def test_steps_longer_than_the_pause_cache_read_the_pause_flag_once(app, cont, store, clock,
-                                                                    requests_log):
-    # The per-type kill switch costs one eventually consistent GetItem per container per
-    # pause_cache_s (10 s), shared by every job of the type in that container.
+def test_steps_never_read_the_pause_flag_however_long_they_take(app, cont, store, clock,
+                                                                requests_log):
+    # The per-type kill switch is a mark a pause writes on each of the type's jobs, which
+    # the claim's condition checks: no step reads the type's flag, long or short.
     @app.job("slow", max_steps=10)
     def slow(ctx: jobstate.StepContext) -> Any:
         clock.advance(11)
         return ctx.complete(None) if ctx.step == 3 else None
 
+    app.start("slow", None, job_id="slow")  # creating a job reads its type's flag once
     seen: list[dict[str, Any]] = []
     store.client.meta.events.register(
         "provide-client-params.dynamodb.GetItem", lambda params, **_: seen.append(params))
-    app.start("slow", None, job_id="slow")
     per_step = []
     for _ in range(4):
         requests_log.reset()
         (event,) = cont.pop_all()
         app.handler(event)
         per_step.append((requests_log.writes, requests_log.reads))
-    assert per_step == [(2, 1)] * 4  # claim + commit (or completion) + the flag
-    assert all(p["Key"]["pk"] == {"S": "TYPE#slow"} and not p.get("ConsistentRead")
-               for p in seen)
+    assert per_step == [(2, 0)] * 4  # claim + commit (or completion), nothing else
+    assert seen == []
 
 
 def test_create_is_idempotent_and_detects_conflicts(app, store):
@@ -301,7 +302,8 @@ def test_step_failure_retries_then_fails(app, cont, store, clock):
     assert r1["outcome"] == "retry_scheduled"
     job = store.get("fl")
     assert job.status is JobStatus.RUNNING and job.attempt == 1
-    assert job.not_before == job.due_at and job.not_before > clock.now_ms()
+    assert job.not_before is not None and job.not_before > clock.now_ms()
+    assert job.due_at == job.not_before  # the sweeper sends it when the backoff ends
     assert app.handler(ev, FakeLambdaContext(clock))["outcome"] == "not_yet"
     clock.advance(601)
     r2 = app.handler(ev, FakeLambdaContext(clock))
@@ -338,9 +340,11 @@ def test_an_event_without_a_type_is_checked_before_anything_is_written(app, cont
     cont.pop_all()
     bare = {"jobstate": {"job_id": "bare", "step": 0}}  # the design's minimal event
     store.set_paused("count", True)
+    before = store.get_raw("bare")
     log = RequestLog(store)
     assert app.handler(bare)["outcome"] == "paused"
-    assert log.writes == 0 and calls == []
+    # One read tells the type; the claim's condition refuses the held job: nothing changed.
+    assert log.reads == 1 and calls == [] and store.get_raw("bare") == before
     store.set_paused("count", False)
     assert app.handler(bare)["outcome"] == "committed" and calls == [0]
 

@@ -20,7 +20,7 @@ def test_create_table_is_idempotent(store):
     assert desc.get("BillingModeSummary", {}).get("BillingMode", "PAY_PER_REQUEST") == (
         "PAY_PER_REQUEST")
     ttl = store.call("describe_time_to_live")["TimeToLiveDescription"]
-    assert ttl["AttributeName"] == "expires_at"
+    assert ttl["AttributeName"] == jobstate.schema.J.EXPIRES
 
 
 def test_configuration_from_environment(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 from conftest import RequestLog, drain
 
 import jobstate
-from jobstate import JobStatus, schema
+from jobstate import JobStatus
 from jobstate.testing import Driver, FakeLambdaContext
 
 pytestmark = pytest.mark.integration
@@ -133,7 +133,8 @@ def test_backlog_larger_than_one_run_drains_over_several_runs(app, cont, store, 
     assert max(runs) <= 5
     sent = Counter(dispatched_ids(cont))
     assert sorted(sent) == ids and set(sent.values()) == {1}  # each exactly once
-    assert "Scan" not in log.ops and set(log.ops) <= {"Query", "GetItem", "UpdateItem"}
+    assert "Scan" not in log.ops
+    assert set(log.ops) <= {"Query", "BatchGetItem", "GetItem", "UpdateItem"}
 
     # A fresh run over the same (already handled) backlog dispatches nothing.
     assert jobstate.sweep(store, cont).dispatched == 0
@@ -172,9 +173,8 @@ def test_interleaved_concurrent_sweepers_dispatch_each_job_once(app, cont, store
 
     def interleaving_call(operation: str, **kw: Any) -> dict[str, Any]:
         resp = real_call(operation, **kw)
-        if operation == "query" and kw.get("IndexName") == schema.DUE_INDEX \
-                and resp.get("Items") and not state["inside"]:
-            # Sweeper A has read due items; sweeper B runs entirely before A acts on them.
+        if operation == "batch_get_item" and not state["inside"]:
+            # Sweeper A has read the jobs in flight; sweeper B runs entirely before A acts.
             state["inside"] = True
             other_reports.append(jobstate.sweep(store, other_cont))
             state["inside"] = False
@@ -327,7 +327,8 @@ def test_a_sweeper_that_dies_while_failing_a_late_parent_leaves_it_for_the_next_
     assert [k.status for k in kids] == [JobStatus.CANCELLED] * 3  # none runs on
     late = store.get(jid)
     assert late.status is not JobStatus.FAILED and (late.pending_children or 0) == 0
-    assert late.due_at is not None  # still in the due index: it will be looked at again
+    # Still in flight, held by the dead sweeper's lease: the next sweep looks at it again.
+    assert late.lease_owner is not None and late.due_at == late.lease_expires_at
     cont.pop_all()
     clock.advance(DISPATCH_S + 1)  # the dead sweeper's lease has run out; the job is due
     report = jobstate.sweep(store, cont)
@@ -338,3 +339,39 @@ def test_a_sweeper_that_dies_while_failing_a_late_parent_leaves_it_for_the_next_
         JobStatus.CANCELLED] * 3
     clock.advance(3600)
     assert jobstate.sweep(store, cont).dispatched == 0  # settled: nothing runs again
+
+
+def test_a_parent_waiting_on_its_children_is_not_sent_until_the_last_joins(
+    app: jobstate.App, cont: jobstate.InMemoryContinuation, clock: jobstate.ManualClock,
+    store: jobstate.JobStore,
+) -> None:
+    # A regression: the sweeper counted a waiting parent and sent it anyway, every sweep;
+    # each send was refused ("waiting for children") and grew its re-dispatch backoff, so
+    # when the last child's dispatch of the parent was lost the parent waited for hours.
+    @app.job("par")
+    def par(ctx: jobstate.StepContext) -> Any:
+        if not ctx.cursor.get("spawned"):
+            ctx.cursor["spawned"] = True
+            ctx.spawn("kid", [1, 2])
+            return None
+        return ctx.complete("joined")
+
+    @app.job("kid")
+    def kid(ctx: jobstate.StepContext) -> Any:
+        return ctx.complete(ctx.input)
+
+    jid = app.start("par", None, job_id="waits")
+    app.handler(cont.pop_all()[0], FakeLambdaContext(clock))
+    kids = cont.pop_all()  # the children's start events, held back
+    for _ in range(3):
+        clock.advance(DISPATCH_S + 1)
+        report = jobstate.sweep(store, cont)
+        assert report.waiting_children == 1
+        sent = [e["jobstate"]["job_id"] for e in cont.pop_all()]
+        assert jid not in sent  # (its children are, backing off: nobody runs them here)
+    for event in kids:
+        app.handler(event, FakeLambdaContext(clock))
+    cont.pop_all()  # the last child's dispatch of the parent is lost
+    clock.advance(DISPATCH_S + 1)
+    assert [e["jobstate"]["job_id"] for e in jobstate.sweep(store, cont) and cont.pop_all()
+            ] == [jid]  # at the first sweep after the dispatch timeout, not hours later

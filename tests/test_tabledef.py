@@ -84,7 +84,7 @@ def test_the_definition_has_the_indexes_the_library_queries() -> None:
     assert {i.name for i in DEFINITION.indexes} == {schema.LIST_INDEX, schema.DUE_INDEX}
     due = next(i for i in DEFINITION.indexes if i.name == schema.DUE_INDEX)
     assert list(due.non_key_attributes) == schema.DUE_INCLUDED
-    assert DEFINITION.ttl_attribute == "expires_at"
+    assert DEFINITION.ttl_attribute == schema.J.EXPIRES == "ex"
 
 
 # -- each rendering parses back to the definition ----------------------------------------------

@@ -248,7 +248,7 @@ def test_invoke_any_function_is_caught(tmp_path: Path) -> None:
 
 
 def test_table_without_ttl_is_caught(tmp_path: Path) -> None:
-    cfn = tc.transform(mutated(tmp_path, "AttributeName: expires_at", "AttributeName: ttl"))
+    cfn = tc.transform(mutated(tmp_path, "AttributeName: ex\n", "AttributeName: ttl\n"))
     assert any("TTL" in p for p in tc.check_table(cfn))
 
 

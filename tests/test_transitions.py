@@ -1,4 +1,4 @@
-"""The transition table (transitions.TRANSITIONS, shown in docs/concepts.md) is what the
+"""The transition table (statemachine.TRANSITIONS, shown in docs/concepts.md) is what the
 code does: each transition is applied to a job in the state it expects, and the change
 of status, step and lease read back from the table is the one the table states.
 """
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import jobstate
-from jobstate import schema, transitions
+from jobstate import schema, statemachine, transitions
 from jobstate.items import JobItem, job_item
 from jobstate.lease import Lease, State, new_owner
 from jobstate.status import JobStatus
@@ -22,8 +22,8 @@ Scenario = Callable[[jobstate.JobStore], tuple[str, JobItem | None]]
 
 
 def created(store: jobstate.JobStore, job_id: str = "t", **extra: Any) -> str:
-    _, item = store.new_job_item("kind", {"n": 1}, job_id, jobstate.Limits(), extra=extra)
-    transitions.create(store, item)
+    new = store.new_job_item("kind", {"n": 1}, job_id, jobstate.Limits(), extra=extra)
+    transitions.create(store, new.item, new.input)
     return job_id
 
 
@@ -97,10 +97,10 @@ def _commit(store: jobstate.JobStore) -> None:
     transitions.commit(store, _lease(store), state(store, _lease(store)), hop=2)
 
 
-@scenario("wait", _leased)
-def _wait(store: jobstate.JobStore) -> None:
-    transitions.commit(store, _lease(store), state(store, _lease(store)),
-                       wait_until_ms=store.clock.now_ms() + 3_600_000, wait_reason="sleep")
+@scenario("sleep", _leased)
+def _sleep(store: jobstate.JobStore) -> None:
+    transitions.sleep(store, _lease(store), state(store, _lease(store)),
+                      until_ms=store.clock.now_ms() + 3_600_000, reason="sleep")
 
 
 @scenario("retry", _leased)
@@ -163,9 +163,26 @@ def _resume(store: jobstate.JobStore) -> None:
     transitions.resume(store, found, max_steps=None, deadline_at=found.deadline_at)
 
 
-@scenario("wake", sc_claim)
-def _wake(store: jobstate.JobStore) -> None:
-    transitions.wake(store, "t")
+@scenario("pause-mark", sc_claim)
+def _pause_mark(store: jobstate.JobStore) -> None:
+    job = item(store)
+    assert job is not None
+    transitions.pause_mark(store, job, "kind")
+
+
+def _held(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    created(store)
+    job = item(store)
+    assert job is not None
+    transitions.pause_mark(store, job, "kind")
+    return "t", item(store)
+
+
+@scenario("unpause", _held)
+def _unpause(store: jobstate.JobStore) -> None:
+    job = item(store)
+    assert job is not None
+    transitions.unpause(store, job, "kind")
 
 
 @scenario("join", sc_claim)
@@ -174,8 +191,8 @@ def _join(store: jobstate.JobStore) -> None:
 
 
 def _queued(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
-    _, raw = store.new_job_item("kind", None, "t", jobstate.Limits(), runnable_now=False)
-    transitions.create(store, raw)
+    new = store.new_job_item("kind", None, "t", jobstate.Limits(), runnable_now=False)
+    transitions.create(store, new.item)
     return "t", item(store)
 
 
@@ -199,33 +216,25 @@ def _withdraw(store: jobstate.JobStore) -> None:
                     transitions.withdraw_action(store, lease, "t")])
 
 
-def _due(store: jobstate.JobStore) -> JobItem:
-    found = item(store)
-    assert found is not None and found.due_at is not None
-    return found
-
-
 @scenario("sweep-take", sc_claim)
 def _sweep_take(store: jobstate.JobStore) -> None:
-    transitions.sweep_take(store, "t", 0, _due(store).due_at or 0, store.clock.now_ms())
+    found = item(store)
+    assert found is not None
+    transitions.sweep_take(store, found, store.clock.now_ms())
 
 
-@scenario("sweep-postpone", sc_claim)
-def _sweep_postpone(store: jobstate.JobStore) -> None:
-    due = _due(store).due_at or 0
-    transitions.sweep_postpone(store, "t", 0, due, due + 60_000)
-
-
-def _finished_but_due(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
-    created(store)
-    transitions.cancel(store, "t", "kind", "stop")
-    store.transact([transitions.join_action(store, "t")])  # a late join makes it due
+def _asleep(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    lease = claimed(store)
+    transitions.sleep(store, lease, state(store, lease), until_ms=store.clock.now_ms() + 1_000,
+                      reason="sleep")
     return "t", item(store)
 
 
-@scenario("sweep-undue", _finished_but_due)
-def _sweep_undue(store: jobstate.JobStore) -> None:
-    transitions.sweep_undue(store, "t", JobStatus.CANCELLED)
+@scenario("sweep-wake", _asleep)
+def _sweep_wake(store: jobstate.JobStore) -> None:
+    found = item(store)
+    assert found is not None and found.due_at is not None
+    transitions.sweep_wake(store, found, store.clock.now_ms())
 
 
 def stored(store: jobstate.JobStore, job_id: str) -> JobItem | None:
@@ -269,9 +278,9 @@ def matches(declared: str, seen: str) -> bool:
                for s in options)
 
 
-@pytest.mark.parametrize("t", transitions.TRANSITIONS, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", statemachine.TRANSITIONS, ids=lambda t: t.name)
 def test_each_transition_changes_what_the_table_says(store: jobstate.JobStore,
-                                                     t: transitions.Transition) -> None:
+                                                     t: statemachine.Transition) -> None:
     assert t.name in SCENARIOS, f"no scenario for transition {t.name!r}: add one here"
     before_fn, apply = SCENARIOS[t.name]
     job_id, before = before_fn(store)
@@ -281,7 +290,15 @@ def test_each_transition_changes_what_the_table_says(store: jobstate.JobStore,
     for field in ("status", "step", "lease"):
         assert matches(getattr(t, field), seen[field]), (t.name, field, getattr(t, field),
                                                          seen[field])
+    # The due index entry: gone ("none"), untouched ("="), or set (a time it names).
+    if after is not None and t.due != "-":
+        if t.due == "none":
+            assert after.due_at is None, t.name
+        elif t.due == "=":
+            assert after.due_at == (before.due_at if before else None), t.name
+        else:
+            assert after.due_at is not None, t.name
 
 
 def test_every_scenario_is_a_transition() -> None:
-    assert set(SCENARIOS) == {t.name for t in transitions.TRANSITIONS}
+    assert set(SCENARIOS) == {t.name for t in statemachine.TRANSITIONS}

@@ -251,7 +251,7 @@ def follow(store: JobStore, job_id: str, timeout_s: float | None, *, interval: f
             view = store.get(job_id)
             prog = rollup(store, view) if view.children_total else view.progress
             progress.update(task, completed=prog.done, total=prog.total,
-                            description=f"{view.job_type} {view.status.value} step {view.step}",
+                            description=f"{view.job_type} {view.display_status} step {view.step}",
                             amount=progress_text(prog), unit=prog.unit or "items")
             if view.status.terminal:
                 return view
@@ -273,7 +273,8 @@ def print_job(view: JobView, prog: JobProgress | None = None) -> None:
     table.add_column(style="bold")
     table.add_column()
     rows: list[tuple[str, Any]] = [
-        ("job", view.job_id), ("type", view.job_type), ("status", view.status.value),
+        ("job", view.job_id), ("type", view.job_type), ("status", view.display_status),
+        ("paused by", view.paused_by),
         ("step", view.step), ("progress", progress_text(prog or view.progress)),
         ("result", json.dumps(view.result) if view.result is not None else None),
         ("error", view.error), ("cursor", json.dumps(view.cursor)),

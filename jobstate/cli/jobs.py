@@ -54,7 +54,7 @@ def list_jobs(as_json: bool, job_type: str | None, status_: str | None, limit: i
         return
     table = Table("job id", "type", "status", "step", "progress", "updated")
     for j in page.jobs:
-        table.add_row(j.job_id, j.job_type, j.status.value, str(j.step),
+        table.add_row(j.job_id, j.job_type, j.display_status, str(j.step),
                       progress_text(j.progress), when(j.updated_at))
     out.print(table if page.jobs else "no jobs")
 
