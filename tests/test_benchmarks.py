@@ -205,6 +205,13 @@ def test_meter_applies_aws_billing_rules_on_top_of_engine_capacity() -> None:
     assert t.billed_wru == 3.0 + 50.0 + 1.0
     assert t.rcu == 0.0 and t.billed_rru == 25.0
     assert (meter.snapshot() - t).requests == 0
+    # reads that find nothing: an empty Query (eventually consistent) and a strongly
+    # consistent GetItem of a missing key still cost a unit; a larger read keeps its own
+    _call(meter, "Query", {}, {"ConsumedCapacity": {"CapacityUnits": 0.0}})
+    _call(meter, "GetItem", {"ConsistentRead": True}, {"ConsumedCapacity": {}})
+    _call(meter, "Query", {}, {"ConsumedCapacity": {"CapacityUnits": 2.5}})
+    d = meter.snapshot() - t
+    assert d.reads == 3 and d.rcu == 2.5 and d.billed_rru == 0.5 + 1.0 + 2.5
 
 
 @pytest.mark.parametrize("module", sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")))
