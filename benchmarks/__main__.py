@@ -5,37 +5,123 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from . import cost, latency, machine, requests, scale, utilisation
+from . import cost, costmodel, latency, machine, requests, scale, utilisation
 from .engine import ENGINES, start_engine
 from .report import Summary, at_least, at_most, equal, info, table
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
+REQUEST_BYTES_BEFORE = 3074  # issue 17: what the two requests of a step sent
+REQUEST_BYTES_CUT = 0.35  # target: at least 35% less
+LATENCY_VS_POWERTOOLS = 1.1
+
+
+def _request_bytes(f2: dict[str, Any]) -> Summary:
+    sent = f2["jobstate"]["bytes_sent_per_step"]
+    cut = 1 - sent / REQUEST_BYTES_BEFORE
+    return at_most("step.request_bytes", sent, REQUEST_BYTES_BEFORE * (1 - REQUEST_BYTES_CUT),
+                   f"{-cut:+.1%} vs {REQUEST_BYTES_BEFORE:,} B (target: at least "
+                   f"{REQUEST_BYTES_CUT:.0%} less); request bodies of figure 2's step; "
+                   f"received {f2['jobstate']['bytes_received_per_step']:,.0f} B",
+                   fmt="{:,.0f}")
+
+
+def _wru(u: dict[str, Any], pt: dict[str, Any]) -> str:
+    if u["billed_wru"] is None:
+        return "engine reports no capacity"
+    return (f"table + every GSI, AWS billing rules; {u['gsi_wcu']:g} of them GSI writes; "
+            f"Powertools {pt['billed_wru']:g}")
+
+
+def step_summaries(results: dict[str, Any]) -> list[Summary]:
+    """Issue 17's per-step figures: capacity, reads, bytes, latency ratios."""
+    f1, f2 = results["requests"], results["latency"]
+    js, pt = f1["jobstate"], f1["powertools"]["step"]
+    short, long, big = js["step_short"], js["step_long"], js["step_big_input"]
+    reg = f1["regimes"]
+    return [
+        at_most("step.writes", short["writes"], 2, "write requests per back-to-back step"),
+        equal("step.reads", short["reads"], 0,
+              f"read requests per back-to-back step ({reg['short_step_s']:g} s each); "
+              f"steps {reg['long_step_s']:g} s apart: see step.rru_long"),
+        equal("step.reads_back_to_back", short["reads"], 0, "same regime as step.reads"),
+        info("step.reads_long", long["reads"],
+             f"read requests per step, steps {reg['long_step_s']:g} s apart"),
+        at_most("step.wru", short["billed_wru"], 2,
+                f"back-to-back; {_wru(short, pt)}"),
+        at_most("step.wru_long", long["billed_wru"], 2.2,
+                f"steps {reg['long_step_s']:g} s apart; {_wru(long, pt)}"),
+        at_most("step.rru_long", long["billed_rru"], 0.1,
+                f"steps {reg['long_step_s']:g} s apart; read requests per step: "
+                f"{long['reads']:g}" if long["billed_rru"] is not None
+                else "engine reports no capacity"),
+        at_most("step.wru_big_input", big["billed_wru"], 2,
+                f"{reg['big_input_bytes']:,} B input, {reg['big_cursor_bytes']} B cursor, "
+                f"back-to-back on a warm container; {big['reads']:g} reads, "
+                f"{big['billed_rru']:g} RRU per step" if big["billed_wru"] is not None
+                else "engine reports no capacity"),
+        _request_bytes(f2),
+        at_most("step.latency_ratio_vs_powertools", f2["ratio_median"],
+                LATENCY_VS_POWERTOOLS,
+                f"median {f2['jobstate']['median_ms']:.2f} ms vs "
+                f"{f2['powertools']['median_ms']:.2f} ms; p99 ratio {f2['ratio_p99']:.2f}",
+                fmt="{:.2f}"),
+        info("step.latency_ratio_vs_floor", f2["ratio_floor_median"],
+             f"median {f2['jobstate']['median_ms']:.2f} ms vs {f2['floor']['median_ms']:.2f} "
+             f"ms for a conditional put + a conditional update of a "
+             f"{f2['item_bytes']:,} B item (plain boto3); p99 ratio "
+             f"{f2['ratio_floor_p99']:.2f}", fmt="{:.2f}"),
+    ]
+
+
+def cost_summaries(results: dict[str, Any]) -> list[Summary]:
+    """Dollars per million steps from the cost model, the sweeper's share separately."""
+    f5, model = results["cost"], results["cost_model"]
+    opts = f5["steps"]
+    durable = next(r for r in opts if r["option"].startswith("Lambda durable"))
+    sfn = next(r for r in opts if r["option"].startswith("Step Functions"))
+    pt = next(r for r in opts if r["option"].startswith("Powertools"))
+    out = []
+    for name, key, limit in (("back-to-back", "cost.usd_per_million_steps", 1.5),
+                             ("long", "cost.usd_per_million_long_steps", 1.6)):
+        m = model[name]
+        t = m["total"]
+        out.append(at_most(
+            key, m["usd_per_million"], limit,
+            f"{m['detail']}; per step {t['wru']:.3g} WRU + {t['rru']:.3g} RRU + "
+            f"{t['lambda_requests']:.4g} Lambda requests, sweeper included; {m['basis']}; "
+            f"Powertools ${pt['usd_per_million']:.2f}, durable functions "
+            f"${durable['usd_per_million']:.2f}, Step Functions "
+            f"${sfn['usd_per_million']:.2f}", fmt="{:.2f}"))
+    for name, key in (("back-to-back", "cost.sweeper_usd_per_million_steps"),
+                      ("long", "cost.sweeper_usd_per_million_long_steps")):
+        m = model[name]
+        sw, tot = m["sweeper"], m["totals"]
+        out.append(info(
+            key, m["usd_per_million_sweeper"],
+            f"the sweeper's share of the {name} figure: {sw['wru']:.3g} WRU + "
+            f"{sw['rru']:.3g} RRU + {sw['lambda_requests']:.3g} invocations per step "
+            f"({tot['sweeps']} sweeps, {tot['scanned']} jobs looked at, "
+            f"{tot['redispatched']} re-sent)", fmt="{:.4f}"))
+    return out
+
+
 def summaries(results: dict[str, Any]) -> list[Summary]:
     """The headline lines, from a result document (pure: tested without an engine)."""
-    f1, f2, f3 = results["requests"], results["latency"], results["utilisation"]
-    f4, f5 = results["scale"], results["cost"]
-    js, pt = f1["jobstate"], f1["powertools"]
-    long, short = js["step_long"], js["step_short"]
+    f1, f3, f4 = results["requests"], results["utilisation"], results["scale"]
+    js = f1["jobstate"]
     batch = js["batched_effect"]
     join = js["join"]
     out = [
-        at_most("step.writes", long["writes"], 2, "claim + commit (UpdateItem x2)"),
-        equal("step.reads", long["reads"], 0,
-              "steps >= 10 s re-read the type's pause flag (GetItem, cached 10 s per "
-              f"container); back-to-back steps read {short['reads']:g}"),
-        equal("step.reads_back_to_back", short["reads"], 0),
-        info("step.wru", long["billed_wru"],
-             f"vs Powertools {pt['step']['billed_wru']:g}; "
-             f"{long['gsi_wcu']:g} of them are writes to the `due` GSI"
-             if long["billed_wru"] is not None else "engine reports no capacity"),
+        *step_summaries(results),
         at_most("effect.writes", js["effect"]["writes"], 2, "put STARTED + update DONE"),
         at_most("batched_effect.round_trips", batch["requests"], 0.2,
                 f"per effect, batches of {f1['batch']}", fmt="{:.3f}"),
@@ -43,10 +129,6 @@ def summaries(results: dict[str, Any]) -> list[Summary]:
              "per effect: transactions bill 2 units per item (ctx.once: "
              f"{js['effect']['billed_wru']:g})" if batch["billed_wru"] is not None
              else "engine reports no capacity"),
-        at_most("step.latency_ratio_vs_powertools", f2["ratio_median"], 1.0,
-                f"median {f2['jobstate']['median_ms']:.2f} ms vs "
-                f"{f2['powertools']['median_ms']:.2f} ms; p99 ratio {f2['ratio_p99']:.2f}",
-                fmt="{:.2f}"),
         at_least("invocation.utilisation", f3["headline"]["utilisation"], 0.95,
                  f"{f3['headline']['timeout_s']:g} s timeout, batches lognormal "
                  f"{f3['headline']['batch_mean_s']:g}+-{f3['headline']['batch_sd_s']:g} s; "
@@ -93,18 +175,7 @@ def summaries(results: dict[str, Any]) -> list[Summary]:
                          f"{r['chains']} chains on worker processes: {r['invocations']} "
                          f"invocations in {r['wall_s']:.1f} s; {it['total']:,} items in "
                          f"{it['invocations']} invocations of 2 s"))
-    steps = {r["option"]: r for r in f5["steps"]}
-    mine = f5["steps"][0]["usd_per_million"]
-    durable = next(r for r in f5["steps"] if r["option"].startswith("Lambda durable"))
-    sfn = next(r for r in f5["steps"] if r["option"].startswith("Step Functions"))
-    pt_cost = next(r for r in f5["steps"] if r["option"].startswith("Powertools"))
-    out += [
-        at_most("cost.usd_per_million_steps", mine, durable["usd_per_million"],
-                f"{f5['basis']}; Powertools ${pt_cost['usd_per_million']:.2f}, durable "
-                f"functions ${durable['usd_per_million']:.2f}, Step Functions "
-                f"${sfn['usd_per_million']:.2f}", fmt="{:.2f}"),
-    ]
-    del steps
+    out += cost_summaries(results)
     return out
 
 
@@ -117,7 +188,8 @@ def print_tables(results: dict[str, Any], *, markdown: bool) -> None:
     show(f"1. requests and capacity per unit of work ({results['meta']['engine']['name']}; "
          f"WCU/RCU engine = reported by the engine, WRU/RRU billed = AWS rules)",
          requests.HEADERS, requests.table_rows(f1))
-    show("2. latency per step (claim+commit+dispatch vs Powertools put+update)",
+    show("2. latency per step: jobstate (claim+commit+dispatch) vs Powertools "
+         "(put+update) vs the floor (cond. put + cond. update), interleaved",
          latency.HEADERS, latency.table_rows(results["latency"]))
     f3 = results["utilisation"]
     show(f"3. time utilisation ({f3['mode']}; reserve {f3['reserve_ms']} ms)",
@@ -138,6 +210,9 @@ def print_tables(results: dict[str, Any], *, markdown: bool) -> None:
     if f4c.get("rows"):
         show(f"4c. fan-out on the local runtime ({f4c['mode']})", scale.LOCAL_HEADERS,
              scale.local_rows(f4c))
+    show("5a. cost model: J jobs stepping on warm containers, the sweeper every S seconds, "
+         "every request metered (units per step; see benchmarks/costmodel.py)",
+         costmodel.HEADERS, costmodel.table_rows(results["cost_model"]))
     f5 = results["cost"]
     show(f"5. cost per million steps ({f5['basis']})", cost.HEADERS, cost.table_rows(f5))
     show("5b. cost per million effects", [*cost.HEADERS[:-1], "$ / M effects"],
@@ -189,14 +264,20 @@ def main(argv: list[str] | None = None) -> int:
             ("utilisation_local", lambda: local_cross_check(engine.endpoint_url, args)),
             ("scale", lambda: scale.run(engine, quick=args.quick, seed=args.seed)),
             ("scale_local", lambda: scale.run_local(engine.endpoint_url)),
+            ("cost_model", lambda: costmodel.run(engine, quick=args.quick)),
         ):
             t0 = time.monotonic()
-            print(f"-- running {name} ...", flush=True)
+            # The 1-minute load before each figure (this run's own engine and client
+            # count too): latency ratios are only worth reading from a quiet machine.
+            load = round(os.getloadavg()[0], 2)
+            meta.setdefault("load_before", {})[name] = load
+            print(f"-- running {name} (load {load}) ...", flush=True)
             results[name] = fn()
             timings[name] = time.monotonic() - t0
     finally:
         engine.stop()
-    results["cost"] = cost.run(results["requests"], capacity=engine.capacity)
+    results["cost"] = cost.run(results["requests"], results["cost_model"],
+                               capacity=engine.capacity)
     meta["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     meta["duration_s"] = round(time.monotonic() - began, 1)
 

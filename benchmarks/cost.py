@@ -1,5 +1,9 @@
 """Figure 5: dollars per million steps, from measured units and published prices.
 
+The headline rows come from the cost model (`costmodel.py`: 50 jobs stepping for a
+simulated hour with the sweeper running every minute, everything metered); the per-step
+rows below them are figure 1's single chains, without the sweeper.
+
 Prices (us-east-1, on-demand, /work/shared/facts.md): DynamoDB $0.625 per million write
 request units and $0.125 per million read request units; Lambda $0.20 per million
 requests (each step is one async invoke of the function); Step Functions Standard $25
@@ -42,8 +46,10 @@ def row(name: str, units: PerStep, basis: str) -> dict[str, Any]:
             "basis": basis}
 
 
-def run(fig1: dict[str, Any], *, capacity: bool) -> dict[str, Any]:
-    """Cost rows from figure 1's measured units (capacity when the engine reports it)."""
+def run(fig1: dict[str, Any], model: dict[str, Any] | None = None, *,
+        capacity: bool) -> dict[str, Any]:
+    """Cost rows from figure 1's measured units (capacity when the engine reports it) and
+    from the cost model's runs (`costmodel.run`: steps and sweeper together)."""
     js, pt = fig1["jobstate"], fig1["powertools"]
 
     def units(u: dict[str, Any], invokes: float = 1.0) -> PerStep:
@@ -53,9 +59,15 @@ def run(fig1: dict[str, Any], *, capacity: bool) -> dict[str, Any]:
 
     basis = ("measured capacity, AWS billing rules" if capacity
              else "request counts, 1 unit per request (engine reports no capacity)")
+    modelled = []
+    for name, m in (model or {}).items():
+        t = m["total"]
+        modelled.append(row(f"jobstate, cost model {name} ({m['detail']}): steps + sweeper",
+                            PerStep(t["wru"], t["rru"], t["lambda_requests"]), m["basis"]))
     rows = [
-        row("jobstate, step >= 10 s (pause flag re-read)", units(js["step_long"]), basis),
+        *modelled,
         row("jobstate, back-to-back steps", units(js["step_short"]), basis),
+        row("jobstate, steps 60 s apart", units(js["step_long"]), basis),
         row("jobstate, requests only (1 unit each, no GSI)",
             PerStep(js["step_long"]["writes"], js["step_long"]["reads"], 1.0),
             "request counts"),

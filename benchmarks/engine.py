@@ -136,7 +136,11 @@ class Meter:
         so the table part is max(reported, 2 x actions); GSI units as reported;
       - a write that fails its condition is still billed (1 unit; Local reports none);
       - BatchGetItem: every requested key costs at least 1 unit (strongly consistent) or
-        0.5, found or not (Local reports 0 for missing items).
+        0.5, found or not (Local reports 0 for missing items);
+      - GetItem, Query, Scan: a read that finds nothing still costs 1 unit (strongly
+        consistent) or 0.5 (AWS: "If you perform a read operation on an item that does
+        not exist, DynamoDB still consumes provisioned read throughput"; an empty Query
+        or Scan is billed the same way here). Local reports 0 for an empty Query.
     """
 
     def __init__(self) -> None:
@@ -167,6 +171,8 @@ class Meter:
             info["min_rru"] = sum(
                 len(spec.get("Keys", [])) * (1.0 if spec.get("ConsistentRead") else 0.5)
                 for spec in params.get("RequestItems", {}).values())
+        elif model.name in ("GetItem", "Query", "Scan"):
+            info["min_rru"] = 1.0 if params.get("ConsistentRead") else 0.5
         if isinstance(context, dict):
             context["bench_meter"] = info
 

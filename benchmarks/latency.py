@@ -1,24 +1,148 @@
-"""Figure 2: latency of the per-step bookkeeping, jobstate vs Powertools, interleaved.
+"""Figure 2: latency of the per-step bookkeeping: jobstate vs Powertools vs the floor.
 
-jobstate: `App.handler` for one step of a trivial job — claim (UpdateItem), the step
-function (does nothing), commit (UpdateItem), continuation to an in-memory queue.
+jobstate: `App.handler` for one step of a trivial job — whatever requests it makes to
+claim and commit, the step function (does nothing), continuation to an in-memory queue.
 Powertools: an `@idempotent` handler for the same event — put INPROGRESS (PutItem), the
 handler (appends the next event to a list), update COMPLETED (UpdateItem).
-Both use the real clock and the same engine over HTTP; A and B alternate (ABBA order) so
-drift in the engine (JIT warm-up, GC) hits both. Times are reported, never asserted.
+The floor: what any fenced step must at least do, with plain boto3 — a conditional
+PutItem of a new item and a conditional UpdateItem of it, the item as large as the job
+item jobstate's step writes (sized by AWS's item-size rules after a real step, from the
+keys its write requests name; see `item_size`).
+All three use the real clock and the same engine over HTTP, interleaved: each round
+runs the three in the next of the six orders, so drift in the engine (JIT warm-up, GC)
+hits all of them alike. Times are reported as ratios, never asserted.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import statistics
 import time
+import uuid
+from decimal import Decimal
 from typing import Any
 
 import jobstate
 
 from .common import LambdaContext, new_store, powertools_layer
 from .engine import Engine
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """Bytes of a DynamoDB item (wire format) by AWS's rules: attribute names plus values.
+
+    From "DynamoDB item sizes and formats" (Amazon DynamoDB Developer Guide): strings and
+    names are their UTF-8 bytes; a number is 1 byte per two significant digits plus 1;
+    binary is its raw bytes; null and Boolean 1 byte; a list or map 3 bytes plus its
+    elements, each element 1 byte more; a set is the sum of its elements.
+    """
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(value: dict[str, Any]) -> int:
+    (kind, v), = value.items()
+    if kind == "S":
+        return len(v.encode())
+    if kind == "N":
+        return _number_size(v)
+    if kind == "B":
+        return len(v)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + _value_size(x) for x in v)
+    if kind == "M":
+        return 3 + sum(1 + len(k.encode()) + _value_size(x) for k, x in v.items())
+    if kind == "SS":
+        return sum(len(x.encode()) for x in v)
+    if kind == "NS":
+        return sum(_number_size(x) for x in v)
+    if kind == "BS":
+        return sum(len(x) for x in v)
+    raise ValueError(f"unknown DynamoDB type {kind!r}")
+
+
+def _number_size(text: str) -> int:
+    digits = Decimal(text).as_tuple().digits
+    significant = "".join(map(str, digits)).strip("0") or "0"
+    return (len(significant) + 1) // 2 + 1
+
+
+class WrittenKeys:
+    """The keys of the items a client's write requests name (whatever the operation)."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        schema = client.describe_table(TableName=table_name)["Table"]["KeySchema"]
+        self.key_names = [k["AttributeName"] for k in schema]
+        self.keys: dict[str, dict[str, Any]] = {}
+        self._events = client.meta.events
+
+    def __enter__(self) -> WrittenKeys:
+        self._events.register("before-parameter-build.dynamodb.*", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._events.unregister("before-parameter-build.dynamodb.*", self._record)
+
+    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        actions: list[tuple[str, dict[str, Any]]] = []
+        if model.name in ("UpdateItem", "DeleteItem"):
+            actions.append(("Key", params))
+        elif model.name == "PutItem":
+            actions.append(("Item", params))
+        elif model.name == "TransactWriteItems":
+            for a in params.get("TransactItems", []):
+                for kind, body in a.items():
+                    if kind != "ConditionCheck":
+                        actions.append(("Item" if kind == "Put" else "Key", body))
+        for field, body in actions:
+            key = {k: body[field][k] for k in self.key_names}
+            self.keys[json.dumps(key, sort_keys=True)] = key
+
+
+def largest_written_item(client: Any, table_name: str, keys: WrittenKeys) -> int:
+    """Size of the largest item the recorded writes touched, read back consistently."""
+    sizes = [item_size(client.get_item(TableName=table_name, Key=k, ConsistentRead=True)
+                       .get("Item", {})) for k in keys.keys.values()]
+    return max(sizes, default=0)
+
+
+class Floor:
+    """The two-write floor: a conditional put of a new item, then a conditional update."""
+
+    def __init__(self, engine: Engine, item_bytes: int) -> None:
+        from jobstate.local.engines import dynamodb_client
+
+        self.client = dynamodb_client(engine.endpoint_url)
+        self.table = f"floor-{uuid.uuid4().hex[:8]}"
+        self.client.create_table(
+            TableName=self.table, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+        self.client.get_waiter("table_exists").wait(
+            TableName=self.table, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
+        self.n = 0
+        base = item_size({"id": {"S": self._id(0)}, "st": {"S": "RUN"}, "d": {"S": ""}})
+        self.pad = "x" * max(0, item_bytes - base)
+        self.item_bytes = base + len(self.pad)
+
+    @staticmethod
+    def _id(n: int) -> str:
+        return f"floor#{n:09d}"
+
+    def step(self) -> None:
+        self.n += 1
+        key = {"id": {"S": self._id(self.n)}}
+        self.client.put_item(TableName=self.table,
+                             Item={**key, "st": {"S": "RUN"}, "d": {"S": self.pad}},
+                             ConditionExpression="attribute_not_exists(id)")
+        self.client.update_item(TableName=self.table, Key=key,
+                                UpdateExpression="SET st = :end",
+                                ConditionExpression="st = :run",
+                                ExpressionAttributeValues={":end": {"S": "END"},
+                                                           ":run": {"S": "RUN"}})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -83,6 +207,7 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
 
     js_req: list[float] = []
     pt_req: list[float] = []
+    fl_req: list[float] = []
 
     def step_jobstate() -> float:
         event = cont.pop_all()[0]
@@ -103,22 +228,35 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
         pt_event = queue.pop()
         return took
 
-    for _ in range(warmup):
+    # The floor's item is as large as the item a warm jobstate step writes.
+    step_jobstate()
+    with WrittenKeys(store.client, store.table_name) as written:
         step_jobstate()
-        step_powertools()
-    js_req.clear()
-    pt_req.clear()
-    for t in (js_timer, pt_timer):
+    floor = Floor(engine, largest_written_item(store.client, store.table_name, written))
+    fl_timer = RequestTimer(floor.client)
+
+    def step_floor() -> float:
+        fl_timer.spent = 0.0
+        began = time.perf_counter()
+        floor.step()
+        took = (time.perf_counter() - began) * 1000
+        fl_req.append(fl_timer.spent * 1000)
+        return took
+
+    arms = {"jobstate": step_jobstate, "powertools": step_powertools, "floor": step_floor}
+    for _ in range(warmup):
+        for fn in arms.values():
+            fn()
+    for req in (js_req, pt_req, fl_req):
+        req.clear()
+    for t in (js_timer, pt_timer, fl_timer):
         t.sent = t.received = 0
-    js: list[float] = []
-    pt: list[float] = []
+    took: dict[str, list[float]] = {k: [] for k in arms}
+    orders = list(itertools.permutations(arms))
     for i in range(iterations):
-        if i % 2 == 0:
-            js.append(step_jobstate())
-            pt.append(step_powertools())
-        else:
-            pt.append(step_powertools())
-            js.append(step_jobstate())
+        for name in orders[i % len(orders)]:
+            took[name].append(arms[name]())
+    js, pt, fl = took["jobstate"], took["powertools"], took["floor"]
 
     def stats(xs: list[float], req: list[float], timer: RequestTimer) -> dict[str, float]:
         return {"bytes_sent_per_step": timer.sent / len(xs),
@@ -130,25 +268,34 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
                     [x - r for x, r in zip(xs, req, strict=True)])}
 
     a, b = stats(js, js_req, js_timer), stats(pt, pt_req, pt_timer)
+    c = stats(fl, fl_req, fl_timer)
     return {
-        "iterations": iterations, "warmup": warmup, "order": "ABBA interleaved",
-        "jobstate": a, "powertools": b,
+        "iterations": iterations, "warmup": warmup,
+        "order": "interleaved, each round in the next of the 6 orders of the 3",
+        "item_bytes": floor.item_bytes,
+        "jobstate": a, "powertools": b, "floor": c,
         "ratio_median": a["median_ms"] / b["median_ms"],
         "ratio_p99": a["p99_ms"] / b["p99_ms"],
+        "ratio_floor_median": a["median_ms"] / c["median_ms"],
+        "ratio_floor_p99": a["p99_ms"] / c["p99_ms"],
     }
 
 
 HEADERS = ["who", "median ms", "p99 ms", "mean ms", "min ms", "median in DynamoDB ms",
            "median in Python ms", "bytes sent/step", "bytes received/step"]
+WHO = {"jobstate": "jobstate", "powertools": "Powertools @idempotent",
+       "floor": "floor: cond. put + cond. update"}
 
 
 def table_rows(fig: dict[str, Any]) -> list[list[Any]]:
     rows: list[list[Any]] = []
-    for who in ("jobstate", "powertools"):
+    for who, label in WHO.items():
         s = fig[who]
-        rows.append([who, s["median_ms"], s["p99_ms"], s["mean_ms"], s["min_ms"],
+        rows.append([label, s["median_ms"], s["p99_ms"], s["mean_ms"], s["min_ms"],
                      s["median_in_requests_ms"], s["median_outside_requests_ms"],
                      s["bytes_sent_per_step"], s["bytes_received_per_step"]])
     rows.append(["ratio jobstate/powertools", fig["ratio_median"], fig["ratio_p99"], None,
                  None, None, None, None, None])
+    rows.append(["ratio jobstate/floor", fig["ratio_floor_median"], fig["ratio_floor_p99"],
+                 None, None, None, None, None, None])
     return rows
