@@ -79,6 +79,11 @@ def step_summaries(results: dict[str, Any]) -> list[Summary]:
              f"ms for a conditional put + a conditional update of a "
              f"{f2['item_bytes']:,} B item (plain boto3); p99 ratio "
              f"{f2['ratio_floor_p99']:.2f}", fmt="{:.2f}"),
+        info("step.latency_ratio_vs_indexed_floor", f2["ratio_indexed_floor_median"],
+             f"the same floor on a table with jobstate's two GSIs (no key moved): "
+             f"{f2['floor_indexed']['median_ms']:.2f} ms, {f2['index_overhead']:.2f}x the "
+             "floor without them: the engine's charge for the indexes alone",
+             fmt="{:.2f}"),
     ]
 
 

@@ -110,21 +110,35 @@ def largest_written_item(client: Any, table_name: str, keys: WrittenKeys) -> int
 
 
 class Floor:
-    """The two-write floor: a conditional put of a new item, then a conditional update."""
+    """The two-write floor: a conditional put of a new item, then a conditional update.
 
-    def __init__(self, engine: Engine, item_bytes: int) -> None:
+    By default on a table of its own with no index, as Powertools' is. With `like`, on a
+    table created by that table's own definition (`JobStore.create_table`: jobstate's
+    keys and GSIs), writing items that no index holds, as a jobstate step's writes are:
+    the difference between the two floors is what the engine charges a write for the
+    table's indexes alone."""
+
+    def __init__(self, engine: Engine, item_bytes: int,
+                 like: jobstate.JobStore | None = None) -> None:
         from jobstate.local.engines import dynamodb_client
 
         self.client = dynamodb_client(engine.endpoint_url)
-        self.table = f"floor-{uuid.uuid4().hex[:8]}"
-        self.client.create_table(
-            TableName=self.table, BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+        if like is None:
+            self.table, self.hash_key, self.range = f"floor-{uuid.uuid4().hex[:8]}", "id", {}
+            self.client.create_table(
+                TableName=self.table, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+        else:
+            twin = jobstate.JobStore(f"floor-gsi-{uuid.uuid4().hex[:8]}",
+                                     endpoint_url=engine.endpoint_url)
+            twin.create_table()
+            self.table, self.hash_key, self.range = twin.table_name, "pk", {"sk": {"S": "F"}}
         self.client.get_waiter("table_exists").wait(
             TableName=self.table, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
         self.n = 0
-        base = item_size({"id": {"S": self._id(0)}, "st": {"S": "RUN"}, "d": {"S": ""}})
+        base = item_size({self.hash_key: {"S": self._id(0)}, **self.range,
+                          "st": {"S": "RUN"}, "d": {"S": ""}})
         self.pad = "x" * max(0, item_bytes - base)
         self.item_bytes = base + len(self.pad)
 
@@ -134,10 +148,10 @@ class Floor:
 
     def step(self) -> None:
         self.n += 1
-        key = {"id": {"S": self._id(self.n)}}
+        key = {self.hash_key: {"S": self._id(self.n)}, **self.range}
         self.client.put_item(TableName=self.table,
                              Item={**key, "st": {"S": "RUN"}, "d": {"S": self.pad}},
-                             ConditionExpression="attribute_not_exists(id)")
+                             ConditionExpression=f"attribute_not_exists({self.hash_key})")
         self.client.update_item(TableName=self.table, Key=key,
                                 UpdateExpression="SET st = :end",
                                 ConditionExpression="st = :run",
@@ -232,8 +246,9 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
     step_jobstate()
     with WrittenKeys(store.client, store.table_name) as written:
         step_jobstate()
-    floor = Floor(engine, largest_written_item(store.client, store.table_name, written))
-    fl_timer = RequestTimer(floor.client)
+    size = largest_written_item(store.client, store.table_name, written)
+    floor, indexed = Floor(engine, size), Floor(engine, size, like=store)
+    fl_timer, ix_timer = RequestTimer(floor.client), RequestTimer(indexed.client)
 
     def step_floor() -> float:
         fl_timer.spent = 0.0
@@ -243,20 +258,31 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
         fl_req.append(fl_timer.spent * 1000)
         return took
 
-    arms = {"jobstate": step_jobstate, "powertools": step_powertools, "floor": step_floor}
+    ix_req: list[float] = []
+
+    def step_indexed_floor() -> float:
+        ix_timer.spent = 0.0
+        began = time.perf_counter()
+        indexed.step()
+        took = (time.perf_counter() - began) * 1000
+        ix_req.append(ix_timer.spent * 1000)
+        return took
+
+    arms = {"jobstate": step_jobstate, "powertools": step_powertools, "floor": step_floor,
+            "floor_indexed": step_indexed_floor}
     for _ in range(warmup):
         for fn in arms.values():
             fn()
-    for req in (js_req, pt_req, fl_req):
+    for req in (js_req, pt_req, fl_req, ix_req):
         req.clear()
-    for t in (js_timer, pt_timer, fl_timer):
+    for t in (js_timer, pt_timer, fl_timer, ix_timer):
         t.sent = t.received = 0
     took: dict[str, list[float]] = {k: [] for k in arms}
     orders = list(itertools.permutations(arms))
     for i in range(iterations):
         for name in orders[i % len(orders)]:
             took[name].append(arms[name]())
-    js, pt, fl = took["jobstate"], took["powertools"], took["floor"]
+    js, pt, fl, ix = took["jobstate"], took["powertools"], took["floor"], took["floor_indexed"]
 
     def stats(xs: list[float], req: list[float], timer: RequestTimer) -> dict[str, float]:
         return {"bytes_sent_per_step": timer.sent / len(xs),
@@ -268,12 +294,15 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
                     [x - r for x, r in zip(xs, req, strict=True)])}
 
     a, b = stats(js, js_req, js_timer), stats(pt, pt_req, pt_timer)
-    c = stats(fl, fl_req, fl_timer)
+    c, d = stats(fl, fl_req, fl_timer), stats(ix, ix_req, ix_timer)
     return {
         "iterations": iterations, "warmup": warmup,
-        "order": "interleaved, each round in the next of the 6 orders of the 3",
+        "order": "interleaved, each round in the next of the 24 orders of the 4",
         "item_bytes": floor.item_bytes,
-        "jobstate": a, "powertools": b, "floor": c,
+        "jobstate": a, "powertools": b, "floor": c, "floor_indexed": d,
+        # What the engine charges a write for the table's two GSIs alone (no key moved).
+        "index_overhead": d["median_ms"] / c["median_ms"],
+        "ratio_indexed_floor_median": a["median_ms"] / d["median_ms"],
         "ratio_median": a["median_ms"] / b["median_ms"],
         "ratio_p99": a["p99_ms"] / b["p99_ms"],
         "ratio_floor_median": a["median_ms"] / c["median_ms"],
@@ -284,12 +313,15 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
 HEADERS = ["who", "median ms", "p99 ms", "mean ms", "min ms", "median in DynamoDB ms",
            "median in Python ms", "bytes sent/step", "bytes received/step"]
 WHO = {"jobstate": "jobstate", "powertools": "Powertools @idempotent",
-       "floor": "floor: cond. put + cond. update"}
+       "floor": "floor: cond. put + cond. update",
+       "floor_indexed": "the same floor on a table with jobstate's two GSIs"}
 
 
 def table_rows(fig: dict[str, Any]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for who, label in WHO.items():
+        if who not in fig:
+            continue
         s = fig[who]
         rows.append([label, s["median_ms"], s["p99_ms"], s["mean_ms"], s["min_ms"],
                      s["median_in_requests_ms"], s["median_outside_requests_ms"],
@@ -298,4 +330,7 @@ def table_rows(fig: dict[str, Any]) -> list[list[Any]]:
                  None, None, None, None, None])
     rows.append(["ratio jobstate/floor", fig["ratio_floor_median"], fig["ratio_floor_p99"],
                  None, None, None, None, None, None])
+    if "floor_indexed" in fig:
+        rows.append(["ratio indexed floor/floor (the engine's GSI charge)",
+                     fig["index_overhead"], None, None, None, None, None, None, None])
     return rows

@@ -26,6 +26,7 @@ REFERENCE = ROOT / "benchmarks" / "results" / "reference.json"
 # Issue 17's figures (names are a contract) and the ones kept from before.
 ISSUE_17 = ("step.wru", "step.wru_long", "step.reads", "step.rru_long", "step.wru_big_input",
             "step.latency_ratio_vs_powertools", "step.latency_ratio_vs_floor",
+            "step.latency_ratio_vs_indexed_floor",
             "step.request_bytes", "cost.usd_per_million_steps",
             "cost.usd_per_million_long_steps", "cost.sweeper_usd_per_million_steps",
             "cost.sweeper_usd_per_million_long_steps", "fanout.writes_per_join")
@@ -228,6 +229,9 @@ def test_latency_ratios_vs_powertools_and_the_floor() -> None:
     assert f"{f2['item_bytes']:,} B item" in got["step.latency_ratio_vs_floor"].note
     f2["ratio_median"] = 1.11
     assert _lines(doc)["step.latency_ratio_vs_powertools"].ok is False
+    f2.update(ratio_indexed_floor_median=1.2, index_overhead=1.15)
+    line = _lines(doc)["step.latency_ratio_vs_indexed_floor"]
+    assert line.value == 1.2 and "1.15x the floor without them" in line.note
 
 
 def test_cost_figures_come_from_the_cost_model_with_the_sweeper() -> None:
