@@ -273,12 +273,15 @@ class StepContext:
 
     def wait_for_callback(self, name: str, submit: Callable[[str], Any], *, timeout_s: float,
                           heartbeat_s: float | None = None,
-                          semantics: Semantics = Semantics.AT_MOST_ONCE) -> Any:
+                          semantics: Semantics = Semantics.AT_MOST_ONCE,
+                          reconcile: Callable[[str], Any] | None = None) -> Any:
         """Create callback `name`, call `submit(token)` once (an effect, `ctx.once` key
-        `callback:<name>`), and return the answer's result (see `callback`)."""
+        `callback:<name>`, with `semantics` and `reconcile(token)`), and return the
+        answer's result (see `callback`)."""
         cb = self.callback(name, timeout_s=timeout_s, heartbeat_s=heartbeat_s)
         if cb.state == callbacks.OPEN:
-            self.once(f"callback:{name}", submit, cb.token, semantics=semantics)
+            self.once(f"callback:{name}", submit, cb.token, semantics=semantics,
+                      reconcile=reconcile)
         return cb.result()
 
     # -- fan-out ---------------------------------------------------------------------------
