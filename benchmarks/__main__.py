@@ -147,6 +147,12 @@ def summaries(results: dict[str, Any]) -> list[Summary]:
                 f"items (CHILD link + parent count) inside the child's final transaction: "
                 f"+{join['writes']:g} requests, +{join['reads']:g} read"),
     ]
+    answer = js.get("callback_answer")
+    if answer is not None:  # issue 18 (runs before it have no such unit)
+        out.append(at_most("callback.requests", answer["requests"], 2,
+                           f"DynamoDB requests per App.complete_callback: {answer['writes']:g} "
+                           f"writes, {answer['reads']:g} reads, + {answer['invokes']:g} "
+                           "Lambda invoke; a waiting job costs none"))
     loc = results.get("utilisation_local") or {}
     if loc.get("rows"):
         a, b = loc["rows"][0], loc["rows"][1]

@@ -1,7 +1,8 @@
 """Figure 1: DynamoDB requests and consumed capacity per unit of work.
 
 Units: a happy-path step, an effect (`ctx.once`), a batched effect (`ctx.once_batch` of
-25, per effect), a child join. Three ways to do the same unit:
+25, per effect), a child join, a callback's answer (`App.complete_callback`, issue 18).
+Three ways to do the same unit:
 
 * jobstate, through `App.handler` (claim + commit + continuation to an in-memory queue);
 * a Powertools `@idempotent` handler (DynamoDBPersistenceLayer on the same engine), which
@@ -148,6 +149,14 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
     def bench_single(ctx: jobstate.StepContext) -> Any:
         return ctx.complete({"ok": True})
 
+    tokens: list[str] = []
+
+    @app.job("bench-callback")
+    def bench_callback(ctx: jobstate.StepContext) -> Any:
+        cb = ctx.callback("answer", timeout_s=3600)
+        tokens.append(cb.token)
+        return ctx.complete(cb.result())
+
     def deliver(event: dict[str, Any]) -> tuple[Snapshot, int]:
         before = meter.snapshot()
         deadline = clock.now_ms() + int(TIMEOUT_S * 1000)
@@ -197,6 +206,25 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
                 (kids if e["jobstate"]["job_type"] == "bench-child" else resumed).append(snap)
         return single, parent0, kids, resumed
 
+    def answers(n: int) -> tuple[list[Snapshot], float]:
+        """`n` jobs each waiting on a callback, then answered through the App: the
+        answer's requests (its invoke counted apart), once the waits are written."""
+        snaps: list[Snapshot] = []
+        sent = 0
+        for _ in range(n):
+            app.start("bench-callback", {})
+            for e in cont.pop_all():
+                deliver(e)
+            assert not cont.events  # waiting: nothing runs
+            before = meter.snapshot()
+            app.complete_callback(tokens[-1], {"ok": True})
+            snaps.append(meter.snapshot() - before)
+            sent += len(cont.events)
+            for e in cont.pop_all():
+                deliver(e)
+        return snaps, sent / max(1, n)
+
+    answer_snaps, answer_invokes = answers(5)
     tree()
     single, parent0, child_snaps, parent_resume = tree()
     child = Unit.of(child_snaps, cap, 0.0)
@@ -226,6 +254,7 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
         "child_terminal_step": child,
         "parent_spawn_step": Unit.of(parent0, cap),
         "parent_resume_step": Unit.of(parent_resume, cap),
+        "callback_answer": Unit.of(answer_snaps, cap, answer_invokes),
         "children": CHILDREN,
     }
 
@@ -315,6 +344,7 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
         (f"batched effect (/{BATCH}, per effect)", js["batched_effect"], pt["batched_effect"],
          NAIVE_FX),
         ("child join", js["join"], pt["join"], None),
+        ("callback answer (App)", js["callback_answer"], "-", "-"),
     ):
         for who, u in (("jobstate", js_u), ("powertools", pt_u), ("naive", naive)):
             if u == "-":

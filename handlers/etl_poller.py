@@ -18,6 +18,13 @@ The step (re-entered from the top on every invocation; the cursor says what is d
 4. `ctx.once("notify", ...)` sends one notification, reconciled by its idempotency key;
 5. completes with a summary (never the token).
 
+Webhook mode (input `"mode": "webhook"`, or `EtlPoller(mode="webhook")`): step 2 hands the
+ETL API a callback token (`ctx.callback`, docs/callbacks.md) and step 3 waits for the ETL
+service to answer it instead of polling: no invocation while the ETL job runs, and the job
+goes on as soon as the service calls back (`App.complete_callback`, the status API's
+`POST /callbacks/succeed`, or `jobstate callback succeed`) with `{"state": "DONE", "rows":
+N}`, or fails it with the reason. The callback times out after `poll_timeout_s`.
+
 The ETL API is a small HTTP client (`EtlClient`, base URL from `ETL_API_URL`);
 `FakeEtlApi` is an in-process fake with the same methods that can also serve HTTP.
 """
@@ -40,6 +47,7 @@ import jobstate
 
 JOB_TYPE = "etl-poller"
 RUNNING, DONE, FAILED = "RUNNING", "DONE", "FAILED"
+MODES = ("poll", "webhook")
 
 
 class EtlError(Exception):
@@ -52,7 +60,7 @@ class EtlUnavailable(Exception):
 
 class EtlApi(Protocol):
     def upload(self, report: Any) -> str: ...
-    def start(self, upload_id: str) -> str: ...
+    def start(self, upload_id: str, callback_token: str | None = None) -> str: ...
     def find(self, upload_id: str) -> str | None: ...
     def status(self, token: str) -> dict[str, Any]: ...
 
@@ -117,8 +125,11 @@ class EtlClient:
     def upload(self, report: Any) -> str:
         return str(self._http.required("POST", "/uploads", {"report": report})["upload_id"])
 
-    def start(self, upload_id: str) -> str:
-        return str(self._http.required("POST", "/jobs", {"upload_id": upload_id})["token"])
+    def start(self, upload_id: str, callback_token: str | None = None) -> str:
+        body = {"upload_id": upload_id}
+        if callback_token is not None:  # webhook mode: the service answers it when done
+            body["callback_token"] = callback_token
+        return str(self._http.required("POST", "/jobs", body)["token"])
 
     def find(self, upload_id: str) -> str | None:
         """The token of the ETL job started for this upload, if there is one."""
@@ -192,14 +203,33 @@ class FakeEtlApi:
             self.uploads[upload_id] = report
             return upload_id
 
-    def start(self, upload_id: str) -> str:
+    def start(self, upload_id: str, callback_token: str | None = None) -> str:
         with self._lock:
             if upload_id not in self.uploads:
                 raise EtlError(f"unknown upload {upload_id}")
             self.starts += 1
             token = f"secret-etl-token-{uuid.uuid4().hex}"
-            self.jobs[token] = {"upload_id": upload_id, "polls": 0}
+            self.jobs[token] = {"upload_id": upload_id, "polls": 0,
+                                "callback": callback_token}
             return token
+
+    def finish(self, answer: Callable[[str, dict[str, Any]], Any],
+               fail: Callable[[str, str], Any] | None = None) -> int:
+        """Webhook mode: the service calls back every job started with a callback token
+        (`answer(callback_token, result)`, or `fail(callback_token, error)` when this fake
+        fails). Returns how many it answered."""
+        with self._lock:
+            waiting = [(t, j) for t, j in self.jobs.items()
+                       if j.get("callback") and not j.get("answered")]
+            for _, job in waiting:
+                job["answered"] = True
+        for _, job in waiting:
+            if self.fail and fail is not None:
+                fail(job["callback"], "bad rows in report")
+            else:
+                answer(job["callback"], {"state": DONE, "rows": len(json.dumps(
+                    self.uploads[job["upload_id"]]))})
+        return len(waiting)
 
     def find(self, upload_id: str) -> str | None:
         with self._lock:
@@ -248,7 +278,8 @@ class FakeEtlApi:
                 if path == "/uploads":
                     return self._reply(200, {"upload_id": fake.upload(body["report"])})
                 if path == "/jobs":
-                    return self._reply(200, {"token": fake.start(body["upload_id"])})
+                    return self._reply(200, {"token": fake.start(
+                        body["upload_id"], body.get("callback_token"))})
                 if path == "/notifications":
                     with fake._lock:
                         fake.notify_posts += 1
@@ -321,8 +352,12 @@ class EtlPoller:
         poll_interval_s: float = 30.0,
         max_poll_interval_s: float = 300.0,
         poll_timeout_s: float = 6 * 3600.0,
+        mode: str = "poll",
         **app_options: Any,
     ) -> None:
+        if mode not in MODES:
+            raise jobstate.InvalidInput(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         self.app = jobstate.App(store or jobstate.JobStore(), continuation, **app_options)
         self._api = api
         self._notifier = notifier
@@ -353,12 +388,17 @@ class EtlPoller:
             ctx.cursor["upload_id"] = ctx.once("upload", api.upload, ctx.input["report"],
                                                semantics=jobstate.Semantics.AT_LEAST_ONCE)
         upload_id: str = ctx.cursor["upload_id"]
+        mode = ctx.input.get("mode", self.mode)
+        if mode not in MODES:
+            return ctx.fail(f"input mode must be one of {MODES}, got {mode!r:.40}")
+        cb = (ctx.callback("etl", timeout_s=self.poll_timeout_s) if mode == "webhook"
+              else None)
 
         if "etl" not in ctx.tokens:
             started: dict[str, str] = {}
 
             def start(uid: str) -> dict[str, bool]:
-                started["token"] = api.start(uid)
+                started["token"] = api.start(uid, cb.token if cb else None)
                 return {"started": True}  # the token is a secret: not an effect result
 
             def reconcile(uid: str) -> Any:
@@ -373,10 +413,14 @@ class EtlPoller:
             ctx.checkpoint()  # the token survives even if this invocation dies now
         token = ctx.tokens["etl"]
 
-        status = ctx.poll(lambda: api.status(token), until=lambda s: s["state"] != RUNNING,
-                          name="etl", interval_s=self.poll_interval_s,
-                          max_interval_s=self.max_poll_interval_s,
-                          timeout_s=self.poll_timeout_s)
+        if cb is not None:
+            status = self._answer(cb)
+        else:
+            status = ctx.poll(lambda: api.status(token),
+                              until=lambda s: s["state"] != RUNNING, name="etl",
+                              interval_s=self.poll_interval_s,
+                              max_interval_s=self.max_poll_interval_s,
+                              timeout_s=self.poll_timeout_s)
         name = ctx.input.get("name", upload_id)
         ok = status["state"] == DONE
         subject = f"ETL {'finished' if ok else 'FAILED'}: {name}"
@@ -391,6 +435,20 @@ class EtlPoller:
                             f"{status.get('error', 'no reason given')}")
         return ctx.complete({"upload_id": upload_id, "state": status["state"],
                              "rows": status.get("rows"), "notified": True})
+
+
+    @staticmethod
+    def _answer(cb: jobstate.Callback) -> dict[str, Any]:
+        """The ETL service's callback as a status (the step waits here until it comes)."""
+        try:
+            answer = cb.result()
+        except jobstate.CallbackFailed as exc:
+            return {"state": FAILED, "error": exc.error[:500]}
+        except jobstate.CallbackTimedOut:
+            return {"state": FAILED, "error": "the ETL service never called back"}
+        if not isinstance(answer, dict) or answer.get("state") not in (DONE, FAILED):
+            return {"state": FAILED, "error": "the ETL service called back with no state"}
+        return answer
 
 
 poller = EtlPoller()

@@ -6,17 +6,23 @@
                                  one page of jobs, newest first; pass `next_token` back
     POST /jobs/{id}/cancel       cancel the job and its unfinished children; body
                                  `{"reason": "..."}` optional
+    POST /callbacks/succeed      answer a job's callback (docs/callbacks.md); body
+    POST /callbacks/fail         `{"token": "...", "result": ...}` / `{"token": "...",
+    POST /callbacks/heartbeat    "error": "..."}` / `{"token": "..."}`; the job is due at
+                                 once (the sweeper runs it). The token goes in the body,
+                                 never the URL (URLs are logged), and is never echoed
 
 Every request is authorised against grants (`JOBSTATE_STATUS_API_GRANTS`, the template's
 `StatusApiGrants`): which IAM principals (ARN patterns) may read, list and cancel which
-job types. The caller is the IAM identity Lambda puts in the request context
-(`requestContext.authorizer.iam.userArn`, signed with SigV4), never a header. Nothing is
-allowed without a grant (see docs/security.md).
+job types, and answer the callbacks of which. The caller is the IAM identity Lambda puts
+in the request context (`requestContext.authorizer.iam.userArn`, signed with SigV4), never
+a header. Nothing is allowed without a grant (see docs/security.md).
 
 Answers are JSON. 400 names the bad parameter, 403 an action the caller may not take,
-404 an unknown job (or one the caller may not read) or route, 405 a wrong method, 409
-cancelling a finished job, 503 when DynamoDB is unavailable; anything else is a 500 with
-the request id (the traceback goes to the function's log, never the body).
+404 an unknown job (or one the caller may not read), callback token or route, 405 a wrong
+method, 409 cancelling a finished job or answering a closed callback, 503 when DynamoDB
+is unavailable; anything else is a 500 with the request id (the traceback goes to the
+function's log, never the body).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from urllib.parse import unquote
 
 import jobstate
 from jobstate import observe
+from jobstate.callbacks import parse_token  # the job a token names (no secret checked)
 from jobstate.records import child_ids_of  # the ids of a job's latest spawn (a read helper)
 
 log = logging.getLogger("handlers.status_api")
@@ -41,7 +48,8 @@ log = logging.getLogger("handlers.status_api")
 MAX_LIMIT = 100
 STATUSES = tuple(s.value for s in jobstate.JobStatus)
 GRANTS_ENV = "JOBSTATE_STATUS_API_GRANTS"
-ACTIONS = ("read", "list", "cancel")
+ACTIONS = ("read", "list", "cancel", "callback")
+CALLBACK_ANSWERS = ("succeed", "fail", "heartbeat")
 ALL = "*"
 
 
@@ -73,12 +81,14 @@ class GrantsInvalid(ValueError):
 class Grant:
     """Principals (ARN patterns, `*` matching any run of characters) and the job types
     they may read (GET /jobs/{id}), list (GET /jobs?type=, which shows the listed jobs)
-    and cancel (POST /jobs/{id}/cancel). A type `*` is every type."""
+    and cancel (POST /jobs/{id}/cancel), and whose callbacks they may answer (POST
+    /callbacks/...). A type `*` is every type."""
 
     principals: tuple[str, ...]
     read: frozenset[str] = frozenset()
     list: frozenset[str] = frozenset()
     cancel: frozenset[str] = frozenset()
+    callback: frozenset[str] = frozenset()
 
     def matches(self, arn: str) -> bool:
         return any(_glob(p).fullmatch(arn) for p in self.principals)
@@ -256,7 +266,7 @@ class StatusApi:
             return response(exc.code, {"error": str(exc), **exc.extra})
         except jobstate.JobNotFound as exc:
             return response(404, {"error": str(exc)})
-        except jobstate.JobFinished as exc:
+        except (jobstate.JobFinished, jobstate.CallbackClosed) as exc:
             return response(409, {"error": str(exc)})
         except jobstate.InvalidInput as exc:
             return response(400, {"error": str(exc)})
@@ -269,6 +279,11 @@ class StatusApi:
 
     def route(self, method: str, path: str) -> tuple[Callable[..., dict[str, Any]], str]:
         parts = path.strip("/").split("/")
+        if parts[0] == "callbacks" and len(parts) == 2 and parts[1] in CALLBACK_ANSWERS:
+            if method != "POST":
+                raise HttpError(405, f"{method:.20} {path:.100} is not allowed; use POST",
+                                allow="POST")
+            return self.answer_callback, parts[1]
         if parts[0] != "jobs":
             raise HttpError(404, f"no route {path!r:.100}; try GET /jobs or GET /jobs/{{id}}")
         if len(parts) == 1:
@@ -366,6 +381,45 @@ class StatusApi:
                       detail=f"{count} job(s) cancelled by {caller.arn}")
         return response(200, {"job_id": job_id, "status": "CANCELLED", "cancelled": count,
                               "skipped": skipped})
+
+
+    def answer_callback(self, caller: Caller, answer: str, query: Mapping[str, str],
+                        body: Any) -> dict[str, Any]:
+        """Record a callback's answer; the waiting job is due at once (`JobStore`)."""
+        if not caller.may_any("callback"):
+            raise caller.refuse("answer callbacks of", "any job")  # before any read
+        if not isinstance(body, Mapping) or not isinstance(body.get("token"), str):
+            raise HttpError(400, "the body must be JSON with the callback's \"token\"")
+        allowed = {"token", "result"} if answer == "succeed" else (
+            {"token", "error"} if answer == "fail" else {"token"})
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise HttpError(400, f"unknown body field(s) {unknown!r:.200}; use "
+                                 f"{', '.join(sorted(allowed))}")
+        token = body["token"]
+        nowhere = HttpError(404, "no callback answers to that token that you may answer "
+                                 "(unknown, forged, expired, or of a job type you have no "
+                                 "callback grant for); nothing was written")
+        try:
+            job_id = parse_token(token)[0]
+            job = self.store.get_job_item(job_id)
+        except (jobstate.CallbackNotFound, jobstate.InvalidInput):
+            raise nowhere from None
+        if job is None or not caller.may("callback", job.job_type):
+            raise nowhere
+        try:
+            if answer == "succeed":
+                done = self.store.complete_callback(token, body.get("result"))
+            elif answer == "fail":
+                done = self.store.fail_callback(token, str(body.get("error") or ""))
+            else:
+                done = self.store.heartbeat_callback(token)
+        except jobstate.CallbackNotFound:
+            raise nowhere from None
+        observe.event("callback_answered", job_id=done.job_id, job_type=job.job_type,
+                      detail=f"{answer} of callback {done.name!r} by {caller.arn}")
+        return response(200, {"job_id": done.job_id, "callback": done.name, "answer": answer,
+                              "repeated": done.repeated, "woke": done.woke})
 
 
 def unfinished_tree(store: jobstate.JobStore, root: jobstate.JobView

@@ -6,11 +6,16 @@ The names in `__all__` are the supported API; every other module is internal.
 from __future__ import annotations
 
 from .app import App, JobSpec, StepReport
+from .callbacks import Callback, CallbackAnswer
 from .clock import Clock, ManualClock, SystemClock
 from .codec import Cipher, stable_id
 from .context import Completed, Failed, PollTimedOut, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
 from .errors import (
+    CallbackClosed,
+    CallbackFailed,
+    CallbackNotFound,
+    CallbackTimedOut,
     ConfigurationError,
     DispatchFailed,
     EffectNotDone,
@@ -48,6 +53,12 @@ __version__ = "0.1.0"
 __all__ = [
     "NOT_DONE",
     "App",
+    "Callback",
+    "CallbackAnswer",
+    "CallbackClosed",
+    "CallbackFailed",
+    "CallbackNotFound",
+    "CallbackTimedOut",
     "ChildView",
     "Cipher",
     "ClaimOutcome",

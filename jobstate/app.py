@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import callbacks as cbs
 from . import codec, fanout, faults, history, joins, observe, protocol, redact, transitions
+from .callbacks import CallbackAnswer, CallbackWait
 from .clock import Clock
 from .context import Completed, Failed, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
@@ -314,7 +316,7 @@ class App:
                 context: Any) -> Outcome:
         """The one place a step function's return value becomes a transition."""
         if returned is not None and not isinstance(returned, Completed | Failed | Wait
-                                                   | Spawned):
+                                                   | Spawned | CallbackWait):
             return self._failed(spec, lease, ctx, InvalidStepResult(
                 f"step function of {spec.name!r} returned {type(returned).__name__}; "
                 "return None to commit and continue, or ctx.complete(result) to finish."))
@@ -349,6 +351,8 @@ class App:
                     self._dispatch(step_event(lease.job_id, nxt, lease.job_type), context)
                 return self._done(lease, StepOutcome.WAITING, "children", JobStatus.WAITING,
                                   nxt)
+            if isinstance(returned, CallbackWait):
+                return self._callback_wait(lease, state, returned, context)
             if isinstance(returned, Wait):
                 nxt = transitions.sleep(self.store, lease, state, until_ms=returned.until_ms,
                                         reason=returned.reason)
@@ -362,6 +366,35 @@ class App:
             return self._done(lease, StepOutcome.COMMITTED, "", JobStatus.RUNNING, nxt)
 
         return self._guarded(lease, write)
+
+    def _callback_wait(self, lease: Lease, state: Any, wait: CallbackWait,
+                       context: Any) -> StepReport:
+        """The step sleeps on a callback until its deadline; if the answer landed while the
+        wait was written, the job is woken and sent now."""
+        nxt = transitions.sleep(self.store, lease, state, until_ms=wait.until_ms,
+                                reason=wait.reason)
+        if cbs.after_wait(self.store, lease.job_id, wait.name):
+            self._dispatch(step_event(lease.job_id, nxt, lease.job_type), context)
+        return self._done(lease, StepOutcome.WAITING, wait.reason, JobStatus.WAITING, nxt)
+
+    # -- callbacks: the sender's side (docs/cbs.md) -------------------------------------
+
+    def complete_callback(self, token: str, result: Any = None) -> CallbackAnswer:
+        """Record callback `token`'s success and send the waiting step now."""
+        return self._woke(cbs.complete(self.store, token, result, dispatching=True))
+
+    def fail_callback(self, token: str, error: str) -> CallbackAnswer:
+        """Record callback `token`'s failure and send the waiting step now."""
+        return self._woke(cbs.fail(self.store, token, error, dispatching=True))
+
+    def heartbeat_callback(self, token: str) -> CallbackAnswer:
+        """Callback `token`'s sender is still at work: its heartbeat timeout restarts."""
+        return cbs.heartbeat(self.store, token)
+
+    def _woke(self, answer: CallbackAnswer) -> CallbackAnswer:
+        if answer.woke and answer.step is not None and answer.job_type is not None:
+            self._dispatch(step_event(answer.job_id, answer.step, answer.job_type), None)
+        return answer
 
     def _finish(self, lease: Lease, context: Any, outcome: StepOutcome, detail: str,
                 state: Any, status: JobStatus, **kw: Any) -> StepReport:

@@ -11,7 +11,8 @@ from typing import Any
 import tenacity
 from tenacity.wait import wait_base
 
-from . import codec, fanout, redact, transitions
+from . import callbacks, codec, fanout, redact, transitions
+from .callbacks import Callback
 from .effects import Effects
 from .errors import InvalidInput, JobStateError
 from .fanout import ChildView
@@ -258,6 +259,30 @@ class StepContext:
     ) -> dict[str, Any]:
         """`fn(*args)` once per `key -> args`, in a few round trips per 100 keys."""
         return self._effects.once_batch(calls, fn, semantics, reconcile)
+
+    # -- callbacks (issue 18; docs/callbacks.md) -------------------------------------------
+
+    def callback(self, name: str, *, timeout_s: float,
+                 heartbeat_s: float | None = None) -> Callback:
+        """The job's callback `name` (created on first use; a re-run step gets the same
+        one): hand `cb.token` to the sender, then `cb.result()` returns its answer or ends
+        the step waiting for it. Creating one checkpoints the step's state."""
+        return callbacks.open_callback(self._store, self._lease, self.tokens, name,
+                                       timeout_s=timeout_s, heartbeat_s=heartbeat_s,
+                                       checkpoint=self.checkpoint)
+
+    def wait_for_callback(self, name: str, submit: Callable[[str], Any], *, timeout_s: float,
+                          heartbeat_s: float | None = None,
+                          semantics: Semantics = Semantics.AT_MOST_ONCE,
+                          reconcile: Callable[[str], Any] | None = None) -> Any:
+        """Create callback `name`, call `submit(token)` once (an effect, `ctx.once` key
+        `callback:<name>`, with `semantics` and `reconcile(token)`), and return the
+        answer's result (see `callback`)."""
+        cb = self.callback(name, timeout_s=timeout_s, heartbeat_s=heartbeat_s)
+        if cb.state == callbacks.OPEN:
+            self.once(f"callback:{name}", submit, cb.token, semantics=semantics,
+                      reconcile=reconcile)
+        return cb.result()
 
     # -- fan-out ---------------------------------------------------------------------------
 

@@ -125,3 +125,27 @@ class TokensUnwritable(JobStateError):
 
 class TokensUnreadable(JobStateError):
     """Tokens were stored encrypted and no (or the wrong) cipher was configured."""
+
+
+class CallbackNotFound(JobStateError, LookupError):
+    """No callback answers to this token (unknown, forged, or malformed); nothing was
+    written."""
+
+
+class CallbackClosed(JobStateError):
+    """The callback already has a different answer, timed out, or ended (a heartbeat after
+    the end); the answer was not recorded."""
+
+
+class CallbackFailed(JobStateError):
+    """`cb.result()`: the sender reported a failure (`error` is its text)."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, name: str = "",
+                 error: str = "") -> None:
+        super().__init__(message, job_id=job_id, name=name)
+        self.name = name
+        self.error = error
+
+
+class CallbackTimedOut(JobStateError):
+    """`cb.result()`: no answer came within the timeout, or a heartbeat was missed."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from .schema import CH, CTL, FX, SK, J, job_id_of
+from .schema import CB, CH, CTL, FX, SK, J, job_id_of
 from .status import JobStatus
 
 T = TypeVar("T")
@@ -204,6 +204,46 @@ def control_item(raw: Mapping[str, Any]) -> ControlItem:
     return _decode(ControlItem, raw, {"paused": CTL.PAUSED, "reason": CTL.REASON,
                                       "updated_at": CTL.UPDATED, "waking": CTL.WAKING},
                    job_type=job_type)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackItem:
+    """A callback record (`CB#<name>` under its job): open, or its one answer."""
+
+    job_id: str
+    name: str
+    state: str
+    secret_hash: str = ""
+    result: str | None = None
+    error: str | None = None
+    timeout_at: int = 0
+    heartbeat_s: int | None = None
+    heartbeat_due: int | None = None
+    job_type: str = ""
+    job_created: int = 0
+    created_at: int | None = None
+    answered_at: int | None = None
+    expires_at: int | None = None
+
+    def expired(self, now_ms: int) -> bool:
+        return expired(self.expires_at, now_ms)
+
+    def due(self) -> int:
+        """When it times out if no answer (or heartbeat) comes."""
+        return min(self.timeout_at, self.heartbeat_due or self.timeout_at)
+
+
+_CALLBACK_NAMES = {"state": CB.STATE, "secret_hash": CB.SECRET_HASH, "result": CB.RESULT,
+                   "error": CB.ERROR, "timeout_at": CB.TIMEOUT_AT,
+                   "heartbeat_s": CB.HEARTBEAT_S, "heartbeat_due": CB.HEARTBEAT_DUE,
+                   "job_type": CB.JOB_TYPE, "job_created": CB.JOB_CREATED,
+                   "created_at": CB.CREATED, "answered_at": CB.ANSWERED_AT,
+                   "expires_at": CB.EXPIRES}
+
+
+def callback_item(raw: Mapping[str, Any]) -> CallbackItem:
+    name = str(raw[SK]["S"]).split("#", 1)[1]
+    return _decode(CallbackItem, raw, _CALLBACK_NAMES, job_id=pk_job_id(raw), name=name)
 
 
 def pk_job_id(raw: Mapping[str, Any]) -> str:

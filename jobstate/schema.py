@@ -9,6 +9,7 @@ contract:
 - effect       pk=JOB#<job_id>      sk=FX#<key>
 - child link   pk=JOB#<parent_id>   sk=CHILD#<child_id>
 - control      pk=TYPE#<job_type>   sk=CONTROL
+- callback     pk=JOB#<job_id>      sk=CB#<name>
 
 Two sharded GSIs: `by-type` (keys only; written on status changes only, so a running
 step does not pay for it) and the sparse `due` index the sweeper queries. The table is
@@ -30,6 +31,7 @@ JOB_SK = "JOB"
 CONTROL_SK = "CONTROL"
 JOB_PREFIX, TYPE_PREFIX = "JOB#", "TYPE#"
 STEP_PREFIX, EFFECT_PREFIX, CHILD_PREFIX = "STEP#", "FX#", "CHILD#"
+CALLBACK_PREFIX = "CB#"
 LIST_INDEX = "by-type"
 DUE_INDEX = "due"
 LIST_SHARDS = 8
@@ -90,6 +92,14 @@ class CTL:
     """Attribute names of a job type's control item."""
 
     PAUSED, REASON, UPDATED, WAKING = "paused", "reason", "updated_at", "waking"
+
+
+class CB:
+    """Attribute names of a callback record (`CB#<name>` under its job; issue 18)."""
+
+    STATE, SECRET_HASH, RESULT, ERROR = "s", "th", "r", "e"
+    TIMEOUT_AT, HEARTBEAT_S, HEARTBEAT_DUE = "to", "hb", "hd"
+    JOB_TYPE, JOB_CREATED, CREATED, ANSWERED_AT, EXPIRES = "jt", "jc", "ca", "aa", "ex"
 
 
 class IN:
@@ -187,6 +197,10 @@ def control_key(job_type: str) -> dict[str, Any]:
 
 def effect_key(job_id: str, key: str) -> dict[str, Any]:
     return {PK: _s(job_pk(job_id)), SK: _s(effect_sk(key))}
+
+
+def callback_key(job_id: str, name: str) -> dict[str, Any]:
+    return {PK: _s(job_pk(job_id)), SK: _s(f"{CALLBACK_PREFIX}{name}")}
 
 
 def input_key(job_id: str) -> dict[str, Any]:

@@ -52,6 +52,10 @@ TRANSITIONS = (
                "="),
     Transition("sweep-wake", "step = N, due as read", "=", "=", "=", "none"),
     Transition("purge", "expired", "deleted", "-", "-", "-"),
+    Transition("callback-wake", "WAITING on this callback (wait_reason callback:<name>)",
+               "=", "=", "=", "none"),
+    Transition("callback-extend", "WAITING on this callback, its wake sooner, the deadline "
+               "not sooner", "=", "=", "=", "the callback's new heartbeat deadline"),
 )
 """The `due` column is the job's entry in the sparse `due` index: only a job asleep until
 a time has one. Every other job in flight is in the ACTIVE bucket of the `by-type` index,

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec, fxrecords, history, joins, pagetoken, schema, transitions
+from . import callbacks, codec, fxrecords, history, joins, pagetoken, schema, transitions
+from .callbacks import CallbackAnswer
 from .dynamo import Item, Refused, TransactionRefused, Update, av
 from .errors import InvalidInput, JobConflict, JobFinished, JobNotFound
 from .items import JobItem, job_item
@@ -373,6 +374,21 @@ class JobStore(Table):
         return self.view(raw, secrets=False)
 
     # -- pause / resume a job type --------------------------------------------------------
+
+    # -- callbacks (issue 18): answers from senders that cannot invoke the function ----------
+
+    def complete_callback(self, token: str, result: Any = None) -> CallbackAnswer:
+        """Record callback `token`'s success; the waiting job is due now (the next sweep
+        sends it). `App.complete_callback` sends it at once."""
+        return callbacks.complete(self, token, result)
+
+    def fail_callback(self, token: str, error: str) -> CallbackAnswer:
+        """Record callback `token`'s failure; the waiting job is due now."""
+        return callbacks.fail(self, token, error)
+
+    def heartbeat_callback(self, token: str) -> CallbackAnswer:
+        """Callback `token`'s sender is still at work: its heartbeat timeout restarts."""
+        return callbacks.heartbeat(self, token)
 
     def set_paused(self, job_type: str, paused: bool, reason: str = "") -> int:
         """Pause or resume a job type (see pause.PauseSwitch.switch). Returns how many jobs

@@ -1,4 +1,4 @@
-"""`jobstate demo --json` (issue 5): the three scenarios with chaos on, through the
+"""`jobstate demo --json` (issue 5): the scenarios with chaos on, through the
 installed console script, for several seeds; exit 0 only if every effect ran once."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_demo_json_passes_with_chaos(seed: int) -> None:
     assert p.returncode == 0, (data, p.stderr[-2000:])
     assert data["ok"] is True and data["seed"] == seed
     assert data["chaos"]["crash"] > 0 and data["chaos"]["duplicate"] > 0
-    assert [s["name"] for s in data["scenarios"]] == ["file", "etl", "mail"]
+    assert [s["name"] for s in data["scenarios"]] == ["file", "etl", "mail", "approval"]
     for s in data["scenarios"]:
         assert set(s) >= REQUIRED
         assert s["status"] == "SUCCEEDED" and s["ok"], s

@@ -235,3 +235,81 @@ def test_a_start_request_invokes_its_own_function(
                    FakeLambdaContext(jobstate_clock))
     [(name, event)] = sink.invokes
     assert name == "stack-etl-poller" and event["jobstate"]["job_id"] == "etl-self"
+
+
+# -- webhook mode (issue 18): the ETL service calls back instead of being polled ----------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_webhook_mode_waits_without_polling_and_runs_on_the_callback(
+    jobstate_store: jobstate.JobStore, jobstate_continuation: jobstate.InMemoryContinuation,
+    jobstate_clock: jobstate.ManualClock, seed: int,
+) -> None:
+    poller, api, notifier = make(jobstate_store, jobstate_continuation)
+    job_id = poller.app.start(etl.JOB_TYPE, {"report": REPORT, "name": "hook",
+                                             "mode": "webhook"}, job_id=f"etl-hook-{seed}")
+    driver = Driver(poller.app, jobstate_continuation, jobstate_clock, seed=seed,
+                    duplicates=0.3, crashes=0.2, lost=0.1)
+    for _ in range(30):  # until the ETL job is started and the step waits on its callback
+        driver.run()
+        if api.starts and jobstate_store.get(job_id).wait_reason == "callback:etl":
+            break
+        driver.sweep()
+    job = jobstate_store.get(job_id)
+    assert job.status is jobstate.JobStatus.WAITING and api.polls == 0
+    assert api.starts == 1
+    # The service finishes and calls back (answered twice: webhooks are retried too).
+    sent: list[tuple[str, Any]] = []
+
+    def answer(token: str, result: Any) -> Any:
+        sent.append((token, result))
+        return poller.app.complete_callback(token, result)
+
+    assert api.finish(answer) == 1
+    job_token, result = sent[0]
+    again = poller.app.complete_callback(job_token, result)
+    assert again.repeated and not again.woke
+    driver.run_until_done([job_id], calm_after=10)
+    job = jobstate_store.get(job_id)
+    assert job.status is jobstate.JobStatus.SUCCEEDED, job.error
+    assert api.polls == 0 and len(notifier.outbox) == 1
+    assert job.result["state"] == "DONE" and job.result["rows"] > 1
+    assert job_token not in str(job.to_dict())
+
+
+def test_webhook_mode_failure_and_timeout(
+    jobstate_store: jobstate.JobStore, jobstate_continuation: jobstate.InMemoryContinuation,
+    jobstate_clock: jobstate.ManualClock,
+) -> None:
+    api = etl.FakeEtlApi(fail=True)
+    poller, _, notifier = make(jobstate_store, jobstate_continuation, api=api,
+                               mode="webhook", poll_timeout_s=600)
+    failing = poller.app.start(etl.JOB_TYPE, {"report": REPORT, "name": "bad"})
+    driver = Driver(poller.app, jobstate_continuation, jobstate_clock)
+    driver.run()
+    assert api.finish(poller.app.complete_callback, poller.app.fail_callback) == 1
+    driver.run()
+    assert "bad rows in report" in (jobstate_store.get(failing).error or "")
+    silent = poller.app.start(etl.JOB_TYPE, {"report": REPORT, "name": "silent"})
+    driver.run()
+    driver.sweep(advance_s=601)  # the callback's timeout: the sweeper wakes the job
+    driver.run()
+    assert "never called back" in (jobstate_store.get(silent).error or "")
+    assert [m["subject"] for m in notifier.outbox] == ["ETL FAILED: bad", "ETL FAILED: silent"]
+
+
+def test_webhook_mode_over_http(
+    jobstate_store: jobstate.JobStore, jobstate_continuation: jobstate.InMemoryContinuation,
+    jobstate_clock: jobstate.ManualClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = etl.FakeEtlApi()
+    with fake.serve() as url:
+        monkeypatch.setenv("ETL_API_URL", url)
+        poller = etl.EtlPoller(jobstate_store, jobstate_continuation, mode="webhook")
+        job_id = poller.app.start(etl.JOB_TYPE, {"report": REPORT, "name": "http"})
+        driver = Driver(poller.app, jobstate_continuation, jobstate_clock)
+        driver.run()
+        assert fake.finish(jobstate_store.complete_callback) == 1  # a sender with the table
+        driver.run_until_done([job_id])
+    assert jobstate_store.get(job_id).status is jobstate.JobStatus.SUCCEEDED
+    assert fake.polls == 0 and fake.starts == 1

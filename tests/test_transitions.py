@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import jobstate
-from jobstate import schema, statemachine, transitions
-from jobstate.items import JobItem, job_item
+from jobstate import cbtransitions, schema, statemachine, transitions
+from jobstate.items import CallbackItem, JobItem, job_item
 from jobstate.lease import Lease, State, new_owner
 from jobstate.status import JobStatus
 
@@ -235,6 +235,32 @@ def _sweep_wake(store: jobstate.JobStore) -> None:
     found = item(store)
     assert found is not None and found.due_at is not None
     transitions.sweep_wake(store, found, store.clock.now_ms())
+
+
+def _callback(store: jobstate.JobStore, due_ms: int) -> CallbackItem:
+    return CallbackItem("t", "approval", "OPEN", timeout_at=due_ms, job_type="kind",
+                        job_created=store.clock.now_ms())
+
+
+def _asleep_on_callback(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    lease = claimed(store)
+    transitions.sleep(store, lease, state(store, lease), until_ms=store.clock.now_ms() + 1_000,
+                      reason=cbtransitions.wait_reason("approval"))
+    return "t", item(store)
+
+
+@scenario("callback-wake", _asleep_on_callback)
+def _callback_wake(store: jobstate.JobStore) -> None:
+    woken = cbtransitions.callback_wake(store, _callback(store, 0), dispatching=True)
+    assert woken is not None and woken.due_at is None
+
+
+@scenario("callback-extend", _asleep_on_callback)
+def _callback_extend(store: jobstate.JobStore) -> None:
+    due = store.clock.now_ms() + 5_000
+    assert cbtransitions.callback_extend(store, _callback(store, due), due)
+    found = item(store)
+    assert found is not None and found.due_at == due
 
 
 def stored(store: jobstate.JobStore, job_id: str) -> JobItem | None:

@@ -211,7 +211,7 @@ def continuation(function_name: str, endpoint_url: str | None) -> Any:
 def cli() -> None:
     """Durable recursive AWS Lambda jobs on DynamoDB.
 
-    Start with `jobstate demo`: three real scenarios on a local Lambda emulation with
+    Start with `jobstate demo`: four real scenarios on a local Lambda emulation with
     chaos on (duplicate deliveries, killed containers, lost events).
     """
     # Library log lines would interleave with the command's own output: silence them for

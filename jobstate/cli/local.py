@@ -44,7 +44,7 @@ from .base import (
 @click.option("--keep", is_flag=True, help="Keep the temp dir (worker logs, sqlite sink).")
 def demo(as_json: bool, seed: int, chaos_spec: str, users: int, chains: int, lines: int,
          concurrency: int, timeout_ms: int, time_limit: float, keep: bool) -> None:
-    """Run the three scenarios end to end on the local runtime, with chaos, and check them."""
+    """Run the four scenarios end to end on the local runtime, with chaos, and check them."""
     cfg = DemoConfig(seed=seed, chaos=Chaos.parse(chaos_spec, seed), users=users,
                      chains=chains, lines=lines, concurrency=concurrency,
                      timeout_ms=timeout_ms, time_limit_s=time_limit,

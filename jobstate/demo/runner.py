@@ -1,4 +1,4 @@
-"""`jobstate demo`: the three scenarios on the local runtime, with chaos, checked end to end."""
+"""`jobstate demo`: the scenarios on the local runtime, with chaos, checked end to end."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..status import JobStatus
 from . import sink
 
 APP_REF = "jobstate.demo.app:app"
+APPROVAL = {"approved_by": "the demo's approver"}
 
 
 @dataclass
@@ -50,6 +51,7 @@ class DemoConfig:
     chains: int = 8
     mail_batch: int = 25
     etl_seconds: float = 5.0
+    approve_after_s: float = 2.0  # the demo's "human" answers the approval this late
     timeout_ms: int = 1_500
     concurrency: int = 4
     # The run stops when no scenario has moved (status, step, progress) for `stall_s`
@@ -92,6 +94,9 @@ def _scenarios(cfg: DemoConfig, root: Path, db: str) -> list[Scenario]:
     def etl_ok(result: Any) -> str | None:
         return None if result == {"rows": 4242} else f"unexpected result {result}"
 
+    def approval_ok(result: Any) -> str | None:
+        return None if result == APPROVAL else f"unexpected result {result}"
+
     def mail_ok(result: Any) -> str | None:
         want = {"sent": cfg.users, "chains": min(cfg.chains, cfg.users)}
         return None if result == want else f"result {result} != expected {want}"
@@ -108,6 +113,9 @@ def _scenarios(cfg: DemoConfig, root: Path, db: str) -> list[Scenario]:
                  "demo-mail", ("demo-mail", "demo-mail-chain"),
                  {"sink": db, "users": cfg.users, "chains": cfg.chains,
                   "batch": cfg.mail_batch, "latency_s": 0.001}, cfg.users + 1, mail_ok),
+        Scenario("approval", "a human approval: waits on a callback, no invocation meanwhile",
+                 "demo-approval", ("demo-approval",), {"sink": db, "timeout_s": 600}, 2,
+                 approval_ok),
     ]
 
 
@@ -116,11 +124,28 @@ def _executed(sc: Scenario, db: str) -> tuple[int, int]:
     outbox = sink.Outbox(db)
     if sc.name == "file":
         return outbox.count(("file-batch", "file-summary"))
+    if sc.name == "approval":
+        return outbox.count(("approval-request", "approval-done"))
     if sc.name == "etl":
         runs, _ = sink.FakeEtl(db).runs(sc.job_id)
         rows, distinct = outbox.count(("etl-notify",))
         return runs + rows, min(runs, 1) + distinct
     return outbox.count(("mail", "mail-summary"))
+
+
+def _approve(rt: LocalRuntime, db: str, cfg: DemoConfig, scs: list[Scenario],
+             answered: set[str]) -> None:
+    """The outside approver: answers each approval request `approve_after_s` after its
+    scenario started, with the token the job sent it. The job is due at once and the
+    runtime's sweeper runs it (a `JobStore` answer; `App.complete_callback` would invoke
+    the function itself)."""
+    started = {sc.job_id: sc.started for sc in scs}
+    for job_id, payload in sink.Outbox(db).sent("approval-request"):
+        if job_id in answered or time.monotonic() - started.get(job_id, 0) < \
+                cfg.approve_after_s:
+            continue
+        rt.store.complete_callback(payload["token"], APPROVAL)
+        answered.add(job_id)
 
 
 def _poll(rt: LocalRuntime, scs: list[Scenario]) -> None:
@@ -159,7 +184,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: Progress | None = None) ->
                 sc.job_id = rt.start(sc.job_type, sc.input, job_id=f"{sc.job_type}-{cfg.seed}")
             seen: tuple[Any, ...] = ()
             moved = time.monotonic()
+            answered: set[str] = set()
             while True:
+                _approve(rt, db, cfg, scs, answered)
                 _poll(rt, scs)
                 if progress is not None:
                     progress(scs)

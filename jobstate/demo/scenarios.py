@@ -1,4 +1,4 @@
-"""The three scenarios of `jobstate demo` as jobstate job types.
+"""The scenarios of `jobstate demo` as jobstate job types.
 
 Each is written the way a user would write it for Lambda; the comments point at the
 pattern it shows. Every side effect goes through `ctx.once`/`ctx.once_batch` with a
@@ -21,6 +21,7 @@ def register(app: App) -> None:
     app.job("demo-etl", max_steps=500)(run_etl)
     app.job("demo-mail", max_steps=50)(mail_users)
     app.job("demo-mail-chain", max_steps=500)(mail_chain)
+    app.job("demo-approval", max_steps=50)(approve)
 
 
 # (a) a large file in batches, across many short invocations, with a cursor -------------
@@ -117,3 +118,23 @@ def mail_chain(ctx: StepContext) -> Any:
     if nxt < end:
         return None
     return ctx.complete({"sent": end - start})
+
+
+# (d) a human approval: the job waits on a callback, no invocation while it waits --------
+
+def approve(ctx: StepContext) -> Any:
+    outbox = Outbox(ctx.input["sink"])
+
+    def ask(token: str) -> dict[str, Any]:  # the approver gets the token (a credential)
+        return outbox.send("approval-request", ctx.job_id, {"token": token})
+
+    def asked(token: str) -> Any:
+        return outbox.find("approval-request", ctx.job_id)
+
+    # The step ends WAITING here until the approver answers (or the timeout): the
+    # sweeper runs it again then, and this call returns the answer at once.
+    decision = ctx.wait_for_callback("approval", ask, timeout_s=ctx.input["timeout_s"],
+                                     reconcile=asked)
+    ctx.once("announce", outbox.send, "approval-done", ctx.job_id, decision,
+             reconcile=outbox.find)
+    return ctx.complete(decision)

@@ -68,6 +68,12 @@ class Outbox:
             (kind, key)).fetchone()
         return {"id": row[0]} if row else NOT_DONE
 
+    def sent(self, kind: str) -> list[tuple[str, Any]]:
+        """(key, payload) of every row of this kind, oldest first."""
+        rows = connect(self.path).execute(
+            "SELECT key, payload FROM effects WHERE kind = ? ORDER BY id", (kind,)).fetchall()
+        return [(str(k), json.loads(p) if p else None) for k, p in rows]
+
     def count(self, kinds: tuple[str, ...]) -> tuple[int, int]:
         """(rows, distinct keys) of these kinds: rows > distinct means a repeated effect."""
         marks = ",".join("?" * len(kinds))
