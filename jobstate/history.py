@@ -29,7 +29,6 @@ DETAIL_CHARS = 2000
 RING = 16  # step records kept on the job item before they move to a history item
 CODES = {"c": "committed", "w": "waited", "s": "spawned", "S": "succeeded", "F": "failed"}
 EVENTS = {v: k for k, v in CODES.items()}
-OPERATOR = ("paused", "resumed", "cancelled", "settled", "redriven")
 
 
 def expires(table: Table, now: int, deadline_at: int | None) -> int:
