@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import jobstate
 from jobstate.clock import ManualClock
+from jobstate.history import RING
 
 from .common import LambdaContext, new_store, powertools_layer
 from .engine import Engine, Meter, Snapshot
@@ -145,6 +146,13 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
     def bench_child(ctx: jobstate.StepContext) -> Any:
         return ctx.complete({"ok": True})
 
+    @app.job("bench-history", max_steps=10 * RING)
+    def bench_history(ctx: jobstate.StepContext) -> Any:
+        if ctx.step >= ctx.input["steps"]:
+            return ctx.complete(None)
+        ctx.cursor["done"] = ctx.step + 1
+        return None
+
     @app.job("bench-single")
     def bench_single(ctx: jobstate.StepContext) -> Any:
         return ctx.complete({"ok": True})
@@ -188,6 +196,15 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
     chain("once", SHORT_STEP_S)  # fills inner["once"]
     chain("batch", SHORT_STEP_S)  # fills inner["batch"]
     _, big_steps, _ = chain("plain", SHORT_STEP_S, blob=big_input_blob())
+    # history's share: steps 1..3*RING of a chain long enough to move its step records
+    # to a history item RING steps at a time (issue 20); a short chain never does.
+    app.start("bench-history", {"steps": 3 * RING + 1})
+    history_steps: list[Snapshot] = []
+    while cont.events:
+        event = cont.pop_all()[0]
+        snap, _ = deliver(event)
+        if 0 < event["jobstate"]["step"] <= 3 * RING:
+            history_steps.append(snap)
     cap = engine.capacity
 
     # child join: a child's terminal step vs a parentless job's terminal step, on a
@@ -255,6 +272,7 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
         "parent_spawn_step": Unit.of(parent0, cap),
         "parent_resume_step": Unit.of(parent_resume, cap),
         "callback_answer": Unit.of(answer_snaps, cap, answer_invokes),
+        "step_with_history": Unit.of(history_steps, cap, invokes),
         "children": CHILDREN,
     }
 

@@ -11,6 +11,16 @@
     POST /callbacks/heartbeat    "error": "..."}` / `{"token": "..."}`; the job is due at
                                  once (the sweeper runs it). The token goes in the body,
                                  never the URL (URLs are logged), and is never echoed
+    GET  /jobs/{id}/history      the job's history, oldest first (read grant)
+    GET  /jobs/{id}/children     its latest spawn's children: id, status, progress (read
+                                 grant on the child type)
+    GET  /jobs/{id}/effects      its effect records, results redacted (read grant)
+    POST /jobs/{id}/redrive      re-run a FAILED job; body `{"from_step": N, "reason":
+                                 "..."}` optional (redrive grant)
+    GET  /console                the web console page (jobstate.console), which reads and
+                                 acts through the routes above
+
+Operator actions are recorded in the job's history with the caller's IAM ARN as `who`.
 
 Every request is authorised against grants (`JOBSTATE_STATUS_API_GRANTS`, the template's
 `StatusApiGrants`): which IAM principals (ARN patterns) may read, list and cancel which
@@ -41,6 +51,8 @@ from urllib.parse import unquote
 import jobstate
 from jobstate import observe
 from jobstate.callbacks import parse_token  # the job a token names (no secret checked)
+from jobstate.console import data as console_data  # the console's answers, shared
+from jobstate.console.page import PAGE
 from jobstate.records import child_ids_of  # the ids of a job's latest spawn (a read helper)
 
 log = logging.getLogger("handlers.status_api")
@@ -48,7 +60,7 @@ log = logging.getLogger("handlers.status_api")
 MAX_LIMIT = 100
 STATUSES = tuple(s.value for s in jobstate.JobStatus)
 GRANTS_ENV = "JOBSTATE_STATUS_API_GRANTS"
-ACTIONS = ("read", "list", "cancel", "callback")
+ACTIONS = ("read", "list", "cancel", "redrive", "callback")
 CALLBACK_ANSWERS = ("succeed", "fail", "heartbeat")
 ALL = "*"
 
@@ -80,15 +92,17 @@ class GrantsInvalid(ValueError):
 @dataclass(frozen=True)
 class Grant:
     """Principals (ARN patterns, `*` matching any run of characters) and the job types
-    they may read (GET /jobs/{id}), list (GET /jobs?type=, which shows the listed jobs)
-    and cancel (POST /jobs/{id}/cancel), and whose callbacks they may answer (POST
-    /callbacks/...). A type `*` is every type."""
+    they may read (GET /jobs/{id}, its history, children, effects), list (GET /jobs?type=,
+    which shows the listed jobs), cancel (POST /jobs/{id}/cancel) and redrive (POST
+    /jobs/{id}/redrive), and whose callbacks they may answer (POST /callbacks/...). A type
+    `*` is every type."""
 
     principals: tuple[str, ...]
     read: frozenset[str] = frozenset()
     list: frozenset[str] = frozenset()
     cancel: frozenset[str] = frozenset()
     callback: frozenset[str] = frozenset()
+    redrive: frozenset[str] = frozenset()
 
     def matches(self, arn: str) -> bool:
         return any(_glob(p).fullmatch(arn) for p in self.principals)
@@ -284,6 +298,8 @@ class StatusApi:
                 raise HttpError(405, f"{method:.20} {path:.100} is not allowed; use POST",
                                 allow="POST")
             return self.answer_callback, parts[1]
+        if parts == ["console"] and method == "GET":
+            return self.console_page, ""
         if parts[0] != "jobs":
             raise HttpError(404, f"no route {path!r:.100}; try GET /jobs or GET /jobs/{{id}}")
         if len(parts) == 1:
@@ -291,12 +307,73 @@ class StatusApi:
                 raise HttpError(405, f"{method:.20} /jobs is not allowed; use GET", allow="GET")
             return self.list_jobs, ""
         rest = "/".join(parts[1:])
+        extra = self.console_route(method, rest) if len(parts) > 2 else None
+        if extra is not None:
+            return extra
         if method == "POST" and rest.endswith("/cancel") and len(parts) > 2:
             return self.cancel_job, unquote(rest.removesuffix("/cancel"))
         if method == "GET":
             return self.get_job, unquote(rest)
         raise HttpError(405, f"{method:.20} {path:.100} is not allowed; use GET /jobs/{{id}} or "
                              "POST /jobs/{id}/cancel", allow="GET, POST")
+
+    # -- the console's routes (issue 20) ------------------------------------------------
+
+    def console_route(self, method: str, rest: str
+                      ) -> tuple[Callable[..., dict[str, Any]], str] | None:
+        """GET /jobs/{id}/history|children|effects, POST /jobs/{id}/redrive, or None."""
+        for suffix, verb, route in (("/history", "GET", self.job_history),
+                                    ("/children", "GET", self.job_children),
+                                    ("/effects", "GET", self.job_effects),
+                                    ("/redrive", "POST", self.redrive_job)):
+            if rest.endswith(suffix) and method == verb:
+                return route, unquote(rest.removesuffix(suffix))
+        return None
+
+    def console_page(self, caller: Caller, _: str, query: Mapping[str, str],
+                     body: Any) -> dict[str, Any]:
+        out = response(200, None, {"content-type": "text/html; charset=utf-8"})
+        out["body"] = PAGE  # static: the data comes through the routes, each authorised
+        return out
+
+    def job_history(self, caller: Caller, job_id: str, query: Mapping[str, str],
+                    body: Any) -> dict[str, Any]:
+        self.readable(caller, job_id)
+        return response(200, console_data.history_json(self.store, job_id))
+
+    def job_effects(self, caller: Caller, job_id: str, query: Mapping[str, str],
+                    body: Any) -> dict[str, Any]:
+        self.readable(caller, job_id)
+        return response(200, console_data.effects_json(self.store, job_id))
+
+    def job_children(self, caller: Caller, job_id: str, query: Mapping[str, str],
+                     body: Any) -> dict[str, Any]:
+        view = self.readable(caller, job_id)
+        if view.child_type is not None and not caller.may("read", view.child_type):
+            raise caller.refuse("read", f"jobs of type {view.child_type!r}")
+        return response(200, console_data.children_json(self.store, view))
+
+    def redrive_job(self, caller: Caller, job_id: str, query: Mapping[str, str],
+                    body: Any) -> dict[str, Any]:
+        body = body if isinstance(body, Mapping) else {}
+        reason = body.get("reason") or ""
+        if not isinstance(reason, str):
+            raise HttpError(400, "reason must be a string")
+        step = body.get("from_step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise HttpError(400, "from_step must be an integer step number")
+        if not caller.may_any("redrive"):
+            raise caller.refuse("redrive")  # before any read
+        try:
+            view = self.store.get(job_id)
+        except jobstate.JobNotFound:
+            raise not_found(job_id) from None
+        if not (caller.may("redrive", view.job_type) or caller.may("read", view.job_type)):
+            raise not_found(job_id)
+        if not caller.may("redrive", view.job_type):
+            raise caller.refuse("redrive", f"jobs of type {view.job_type!r}")
+        done = self.store.redrive(job_id, from_step=step, by=caller.arn, reason=reason[:500])
+        return response(200, {"job": job_json(self.store, done, caller, rollup=False)})
 
     def get_job(self, caller: Caller, job_id: str, query: Mapping[str, str],
                 body: Any) -> dict[str, Any]:
@@ -376,7 +453,7 @@ class StatusApi:
                                  f"descendant(s) {caller.arn} may not cancel; nothing was "
                                  "cancelled")
         count, skipped = cancel_tree(self.store, view, reason,
-                                     lambda j: caller.may("cancel", j.job_type))
+                                     lambda j: caller.may("cancel", j.job_type), by=caller.arn)
         observe.event("cancel_requested", job_id=job_id, job_type=view.job_type,
                       detail=f"{count} job(s) cancelled by {caller.arn}")
         return response(200, {"job_id": job_id, "status": "CANCELLED", "cancelled": count,
@@ -444,7 +521,8 @@ def unfinished_tree(store: jobstate.JobStore, root: jobstate.JobView
 
 
 def cancel_tree(store: jobstate.JobStore, root: jobstate.JobView, reason: str,
-                may_cancel: Callable[[jobstate.JobView], bool]) -> tuple[int, int]:
+                may_cancel: Callable[[jobstate.JobView], bool], *,
+                by: str | None = None) -> tuple[int, int]:
     """`jobstate.cancel_tree`, asking `may_cancel` before each job: a job it refuses (one
     spawned since the tree was checked) is left running, with its subtree. Returns
     (cancelled, skipped)."""
@@ -456,7 +534,7 @@ def cancel_tree(store: jobstate.JobStore, root: jobstate.JobView, reason: str,
             skipped += 1
             continue
         try:
-            done = store.cancel(view.job_id, why)
+            done = store.cancel(view.job_id, why, by=by)
         except (jobstate.JobNotFound, jobstate.JobFinished):
             if view is root:
                 raise

@@ -43,7 +43,7 @@ from .retry import RetryPolicy
 from .signals import Deferred, Suspend
 from .status import ClaimOutcome, JobStatus, StepOutcome
 from .store import JobStore, Limits
-from .timebudget import TimeBudget
+from .timebudget import NO_ROOM, TimeBudget, no_room
 
 StepFn = Callable[[StepContext], Any]
 Hook = Callable[[str, dict[str, Any]], None]
@@ -253,6 +253,7 @@ class App:
         # of the pause flag per step, and no event (whatever types it names) gets past it.
         started = time.monotonic()
         deadline = self._deadline_ms(context)
+        invocation_ms: int | None = deadline - self.clock.now_ms()
         request_id = str(getattr(context, "aws_request_id", None) or uuid.uuid4())
         while True:
             faults.point("before_claim", job_id=job_id, step=step)
@@ -263,7 +264,8 @@ class App:
                 return self._report(job_id, step, job_type, StepOutcome(claim.outcome.value),
                                     claim.detail, claim.job.status if claim.job else None)
             report, retry_in_process = self._run_claimed(claim.lease, context, deadline,
-                                                         claim.outcome)
+                                                         claim.outcome, invocation_ms)
+            invocation_ms = None  # a claim again after an in-process wait: not a new timeout
             if retry_in_process is None:
                 report.extra["duration_ms"] = int((time.monotonic() - started) * 1000)
                 return report
@@ -274,7 +276,7 @@ class App:
     # -- running a claimed step ------------------------------------------------------------
 
     def _run_claimed(self, lease: Lease, context: Any, deadline_ms: int,
-                     outcome: ClaimOutcome) -> Outcome:
+                     outcome: ClaimOutcome, invocation_ms: int | None = None) -> Outcome:
         spec = self.specs.get(lease.job_type)
         if spec is None:
             transitions.release(self.store, lease)
@@ -285,12 +287,14 @@ class App:
             history.record(self.store, lease, "takeover")
             self._emit(StepReport(lease.job_id, lease.step, StepOutcome.TAKEOVER),
                        lease.job_type)
-        verdict = (protocol.guard(lease.job, lease.step, self.clock.now_ms())
+        trap = None if invocation_ms is None else no_room(invocation_ms, self.reserve_ms)
+        verdict = (trap or protocol.guard(lease.job, lease.step, self.clock.now_ms())
                    or fanout.failed_children(self.store, lease))
         if verdict is not None:
-            # Runaway guard or a failed child: fail the job (joining its parent, if any),
-            # its stored state untouched (nothing ran to change it).
-            kind = GUARD if verdict.startswith("runaway guard") else "ChildFailed"
+            # Runaway guard, a failed child, or no time for work at all: fail the job
+            # (joining its parent, if any), its stored state untouched (nothing ran).
+            kind = (NO_ROOM if trap else GUARD if verdict.startswith("runaway guard")
+                    else "ChildFailed")
             return self._guarded(lease, lambda: self._finish(
                 lease, context, StepOutcome.FAILED, verdict, None, JobStatus.FAILED,
                 error=verdict, error_type=kind))

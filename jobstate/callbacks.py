@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import math
 import re
 import secrets
@@ -28,7 +29,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import cbtransitions, codec, schema
+from . import cbtransitions, codec, history, observe, schema
 from .dynamo import Refused, Update, av, condition
 from .errors import (
     CallbackClosed,
@@ -38,7 +39,7 @@ from .errors import (
     InvalidInput,
     JobStateError,
 )
-from .items import CallbackItem, callback_item
+from .items import CallbackItem, JobItem, callback_item
 from .lease import Lease
 from .schema import CB
 from .signals import Suspend
@@ -356,9 +357,32 @@ def _answer(table: Table, token: object, state: str, payload: str,
             return CallbackAnswer(job_id, name, repeated=True)
         raise err from None
     woken = cbtransitions.callback_wake(table, callback_item(raw), dispatching=dispatching)
+    _note(table, job_id, name, state, woken)
     if woken is None:
         return CallbackAnswer(job_id, name)
     return CallbackAnswer(job_id, name, woke=True, step=woken.step, job_type=woken.job_type)
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """The job an answer is recorded under in its history (`history.note`)."""
+
+    job_id: str
+    step: int
+    deadline_at: int | None
+
+
+def _note(table: Table, job_id: str, name: str, state: str, woken: JobItem | None) -> None:
+    """The answer in the job's history (never its payload: a result may be large or
+    sensitive). Best effort: the answer itself is already recorded, so a failed note is
+    logged, not raised (the sender would otherwise retry an answer that counted)."""
+    job = _Answered(job_id, woken.step if woken else 0, woken.deadline_at if woken else None)
+    try:
+        history.note(table, job, f"callback_{state.lower()}", detail=f"callback {name!r}")
+    except Exception as exc:  # a history write must not undo an answer
+        observe.event("history_note_failed", logging.WARNING, job_id=job_id,
+                      detail=f"{type(exc).__name__}: the answer to callback {name!r} is "
+                             "recorded, its history note is not")
 
 
 def _refused(table: Table, refusal: Refused, digest: str, job_id: str, name: str,

@@ -33,7 +33,10 @@ def av(value: Any) -> dict[str, Any]:
         return {"N": str(int(value)) if float(value).is_integer() else repr(value)}
     if isinstance(value, str):
         return {"S": value}
-    raise TypeError(f"jobstate stores only str, int and bool attributes, got {type(value)}")
+    if isinstance(value, tuple):  # a tuple, not a list: Update.v memoises by value
+        return {"L": [av(v) for v in value]}
+    raise TypeError(f"jobstate stores only str, int, bool and tuple attributes, got "
+                    f"{type(value)}")
 
 
 def error_code(exc: BaseException) -> str | None:

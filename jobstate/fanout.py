@@ -324,9 +324,11 @@ def rollup(store: JobStore, parent: JobView) -> Progress:
     return Progress(done, total, unit or "items")
 
 
-def cancel_tree(store: JobStore, job_id: str, reason: str = "cancelled by operator") -> int:
-    """Cancel a job and, recursively, its unfinished children. Returns how many changed."""
-    view = store.cancel(job_id, reason)
+def cancel_tree(store: JobStore, job_id: str, reason: str = "cancelled by operator", *,
+                by: str | None = None) -> int:
+    """Cancel a job and, recursively, its unfinished children. Returns how many changed.
+    `by` (who) goes into each job's history."""
+    view = store.cancel(job_id, reason, by=by)
     count = 1
     for cid in child_ids_of(view):
         try:
@@ -336,5 +338,5 @@ def cancel_tree(store: JobStore, job_id: str, reason: str = "cancelled by operat
         if child.status.terminal:
             continue
         with contextlib.suppress(JobFinished):  # it finished meanwhile
-            count += cancel_tree(store, cid, f"parent {job_id} cancelled")
+            count += cancel_tree(store, cid, f"parent {job_id} cancelled", by=by)
     return count

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import codec, redact, schema
+from . import codec, history, redact, schema
 from .dynamo import Item, Refused, Update, av, condition
 from .errors import InvalidInput, JobNotFound, StateTooLarge
 from .items import EffectItem, effect_item
@@ -137,11 +137,12 @@ def list_effects(store: Table, job_id: str, *, secrets: bool = False) -> list[di
 
 
 def mark_effect(store: Table, job_id: str, key: str, *, done: bool,
-                result: Any = None) -> None:
+                result: Any = None, by: str | None = None, reason: str = "") -> None:
     """Settle a STARTED effect by hand: DONE with `result`, or forgotten so it runs again.
 
     Refused while a step of the job holds a live lease: that step may be running the
-    effect right now. Settle effects of a parked (FAILED) job, then resume it.
+    effect right now. Settle effects of a parked (FAILED) job, then resume it. Recorded in
+    the job's history as `settled`, with `by` (who) and `reason`.
     """
     codec.validate_job_id(job_id)
     validate_key(key)
@@ -174,6 +175,9 @@ def mark_effect(store: Table, job_id: str, key: str, *, done: bool,
             f"effect {key!r} of job {job_id!r} is not STARTED (it is DONE or absent); only "
             "an effect whose outcome is unknown can be settled by hand."
         ) from None
+    what = "marked DONE" if done else "forgotten (it runs again)"
+    history.note(store, job, "settled", who=by,
+                 detail=f"effect {key!r} {what}" + (f": {reason}" if reason else ""))
 
 
 def extend_expiry(table: Table, job_id: str, deadline_at: int | None) -> int:

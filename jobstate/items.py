@@ -93,6 +93,7 @@ class JobItem:
     swept_at: int | None = None
     hop: int = 0
     history_on: bool = False
+    recent: str | None = None
     due_at: int | None = None
     list_key: str | None = None
     expires_at: int | None = None
@@ -123,7 +124,14 @@ _ZERO_IS_NONE = {J.LEASE: "lease_expires_at", J.NOT_BEFORE: "not_before"}
 
 def job_item(raw: Mapping[str, Any]) -> JobItem:
     status = raw.get(J.STATUS, {}).get("S")
-    return _decode(JobItem, raw, _JOB_NAMES, status=JobStatus(status), **_none_for_zero(raw))
+    return _decode(JobItem, raw, _JOB_NAMES, status=JobStatus(status), **_none_for_zero(raw),
+                   recent=_recent(raw))
+
+
+def _recent(raw: Mapping[str, Any]) -> str | None:
+    """The recent steps' records (a list, appended to step by step), space-separated."""
+    records = raw.get(J.RECENT, {}).get("L")
+    return None if not records else " ".join(r.get("S", "") for r in records)
 
 
 def indexed_job(raw: Mapping[str, Any]) -> JobItem:

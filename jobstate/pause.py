@@ -21,7 +21,7 @@ from typing import Any
 from . import codec, dynamo, schema, transitions
 from .dynamo import Refused, Update, av
 from .errors import StoreUnavailable
-from .items import JobItem, control_item, job_item, pk_job_id
+from .items import ControlItem, JobItem, control_item, job_item, pk_job_id
 from .records import ancestors_of, child_ids_of
 from .schema import CTL, J
 from .status import JobStatus
@@ -176,6 +176,14 @@ class PauseSwitch:
 
     def types(self) -> dict[str, bool]:
         """Control items of every type that was ever paused (a small Scan; operator use)."""
+        return {c.job_type: c.paused for c in self.controls()}
+
+    def paused_now(self) -> list[ControlItem]:
+        """The control items of the types paused now (since when, why), by name."""
+        return sorted((c for c in self.controls() if c.paused), key=lambda c: c.job_type)
+
+    def controls(self) -> list[ControlItem]:
+        """Every type's control item (a Scan for one item kind; operator use)."""
         values = {":c": av(schema.CONTROL_SK)}
 
         def fetch(start: Any) -> dict[str, Any]:
@@ -185,7 +193,7 @@ class PauseSwitch:
             return self.table.call("scan", FilterExpression="sk = :c",
                                    ExpressionAttributeValues=values, **page)
 
-        return {c.job_type: c.paused for c in map(control_item, dynamo.pages(fetch))}
+        return [control_item(raw) for raw in dynamo.pages(fetch)]
 
     def _remember(self, job_type: str, paused: bool) -> None:
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec, readiness, redact
@@ -71,6 +71,8 @@ class JobView:
     child_policy: str | None = None
     child_ids: list[str] | None = None
     paused_by: str | None = None  # the job type whose pause holds this job (its or an ancestor's)
+    # The job's recent steps, encoded (history.py); read them with `store.history(job_id)`.
+    recent: str | None = field(default=None, repr=False)
 
     @property
     def paused(self) -> bool:
@@ -155,6 +157,7 @@ class HistoryEntry:
     attempt: int | None
     detail: str | None
     work: Any = None
+    who: str | None = None  # an operator action's caller (IAM ARN, OS user or --as)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +171,7 @@ class HistoryEntry:
             "attempt": self.attempt,
             "detail": self.detail,
             "work": self.work,
+            "who": self.who,
         }
 
 
@@ -217,7 +221,7 @@ def job_view(item: JobItem, tokens: dict[str, Any], input: Any = INLINE, *,
         parent_type=item.parent_type, ancestors=ancestors_of(item),
         spawn_step=item.spawn_step, child_type=item.child_type,
         child_policy=item.child_policy, child_ids=codec.loads(item.child_ids),
-        paused_by=item.paused_by,
+        paused_by=item.paused_by, recent=item.recent,
     )
 
 

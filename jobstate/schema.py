@@ -10,6 +10,7 @@ contract:
 - child link   pk=JOB#<parent_id>   sk=CHILD#<child_id>
 - control      pk=TYPE#<job_type>   sk=CONTROL
 - callback     pk=JOB#<job_id>      sk=CB#<name>
+- type action  pk=TYPE#<job_type>   sk=OP#<time:013d>#<action>   (pause, resume: history)
 
 Two sharded GSIs: `by-type` (keys only; written on status changes only, so a running
 step does not pay for it) and the sparse `due` index the sweeper queries. The table is
@@ -32,6 +33,7 @@ CONTROL_SK = "CONTROL"
 JOB_PREFIX, TYPE_PREFIX = "JOB#", "TYPE#"
 STEP_PREFIX, EFFECT_PREFIX, CHILD_PREFIX = "STEP#", "FX#", "CHILD#"
 CALLBACK_PREFIX = "CB#"
+OP_PREFIX = "OP#"
 LIST_INDEX = "by-type"
 DUE_INDEX = "due"
 LIST_SHARDS = 8
@@ -59,7 +61,7 @@ class J:
     CREATED, UPDATED, STATUS_AT = "ca", "ua", "sa"
     INVOCATIONS, TAKEOVERS, RETRIES, RUN_MS = "iv", "tv", "rt", "rm"
     SWEEPS, REDISPATCHES, SWEPT_AT, HOP = "sw", "rd", "sp", "hp"
-    HISTORY_ON, PAUSED_BY = "ho", "pz"
+    HISTORY_ON, PAUSED_BY, RECENT = "ho", "pz", "hr"
     DUE, DUE_SHARD = "du", "dk"
     LIST_SHARD, LIST_KEY = "lk", "ls"
     EXPIRES = "ex"
@@ -86,6 +88,7 @@ class H:
     STEP, EVENT, OWNER, REQUEST_ID = "step", "event", "owner", "request_id"
     STARTED_AT, ENDED_AT, DURATION_MS = "started_at", "ended_at", "duration_ms"
     ATTEMPT, DETAIL, WORK, EXPIRES = "attempt", "detail", "work", "ex"
+    WHO, STEPS, CREATED, CURSOR, PROGRESS = "who", "steps", "created", "cursor", "progress"
 
 
 class CTL:
@@ -173,6 +176,11 @@ def step_sk(step: int) -> str:
 
 def history_sk(step: int, at_ms: int, owner: str, event: str) -> str:
     return f"{step_sk(step)}#{at_ms:013d}#{owner[-12:]}#{event}"
+
+
+def op_sk(at_ms: int, action: str) -> str:
+    """A job type's operator action (pause, resume) under its TYPE# partition."""
+    return f"{OP_PREFIX}{at_ms:013d}#{action}"
 
 
 def effect_sk(key: str) -> str:

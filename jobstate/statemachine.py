@@ -41,6 +41,8 @@ TRANSITIONS = (
                "released", "="),
     Transition("cancel", "status PENDING/RUNNING/WAITING", "CANCELLED", "=", "=", "none"),
     Transition("resume", "status as read (FAILED/CANCELLED)", "RUNNING", "=", "=", "none"),
+    Transition("redrive", "status FAILED, step as read", "RUNNING",
+               "= (or back to a checkpoint kept in history)", "=", "none"),
     Transition("pause-mark", "status PENDING/RUNNING/WAITING, not paused", "=", "=", "=",
                "="),
     Transition("unpause", "paused by this type, listed as read", "=", "=", "=", "="),

@@ -14,13 +14,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import callbacks, codec, fxrecords, history, joins, pagetoken, schema, transitions
+from . import (
+    callbacks,
+    codec,
+    fxrecords,
+    history,
+    joins,
+    newjob,
+    pagetoken,
+    schema,
+    timeline,
+    transitions,
+)
 from .callbacks import CallbackAnswer
 from .dynamo import Item, Refused, TransactionRefused, Update, av
 from .errors import InvalidInput, JobConflict, JobFinished, JobNotFound
 from .items import JobItem, job_item
 from .pause import PauseSwitch
 from .records import HistoryEntry, JobView, Page
+from .redrive import redrive as redrive_job
 from .schema import CH, FX, IN, H, J
 from .status import RUNNABLE, JobStatus
 from .table import Table
@@ -159,9 +171,10 @@ class JobStore(Table):
             token = page.next_token
 
     def history(self, job_id: str) -> builtins.list[HistoryEntry]:
-        """Step history items (failures, retries and takeovers always; every step if on)."""
-        codec.validate_job_id(job_id)
-        return [history.entry(raw) for raw in self.partition(job_id, schema.STEP_PREFIX)]
+        """The job's history, oldest first: every step, retry, failure, takeover, operator
+        action and callback answer (see history.py for what each costs)."""
+        job = self.get(job_id)  # a clear JobNotFound first
+        return timeline.build(self, job, self.partition(job_id, schema.STEP_PREFIX))
 
     # -- creating jobs ------------------------------------------------------------------
 
@@ -194,14 +207,14 @@ class JobStore(Table):
         codec.check_budget({"input": input_json, "cursor": cursor_json})
         now = self.clock.now_ms()
         deadline = None if limits.deadline_s is None else now + int(limits.deadline_s * 1000)
-        item = transitions.new_job(
+        item = newjob.new_job(
             self, job_id, job_type, input_json=input_json, cursor_json=cursor_json,
             max_attempts=limits.max_attempts, max_steps=limits.max_steps,
             deadline_at=deadline, runnable_now=runnable_now, history=history,
             paused_by=paused_by, extra=extra)
         inputs = None
         if J.INPUT not in item:  # too big to ride in every write of the job
-            inputs = transitions.input_item(job_id, input_json, item[J.INPUT_HASH]["S"],
+            inputs = newjob.input_item(job_id, input_json, item[J.INPUT_HASH]["S"],
                                             fxrecords.expires_at(self, deadline))
         return NewJob(job_id, item, inputs)
 
@@ -275,13 +288,20 @@ class JobStore(Table):
 
     # -- operator actions ---------------------------------------------------------------
 
-    def cancel(self, job_id: str, reason: str = "cancelled by operator") -> JobView:
+    def cancel(self, job_id: str, reason: str = "cancelled by operator", *,
+               by: str | None = None) -> JobView:
         """Cancel a job: its next claim (or its running step's commit) sees it and stops.
 
         Cancelling an already-cancelled job is a no-op; a finished job raises JobFinished.
         A cancelled child still joins its parent (and releases its queued sibling) in the
-        same transaction, or the parent would wait for it forever.
+        same transaction, or the parent would wait for it forever. Recorded in the job's
+        history with `by` (who) and the reason.
         """
+        view = self._cancel(job_id, reason)
+        history.note(self, view, "cancelled", who=by, detail=reason)
+        return view
+
+    def _cancel(self, job_id: str, reason: str) -> JobView:
         codec.validate_job_id(job_id)
         reason = validate_reason(reason)
         item = self.get_job_item(job_id)
@@ -317,15 +337,22 @@ class JobStore(Table):
         )
 
     def resume(self, job_id: str, *, max_steps: int | None = None,
-               deadline_s: float | None = None) -> JobView:
+               deadline_s: float | None = None, by: str | None = None,
+               reason: str = "") -> JobView:
         """Make a FAILED or CANCELLED job runnable again from its last committed step.
 
         The attempt budget starts afresh and the job becomes due now, so the caller (or the
         sweeper) dispatches its step. `max_steps` raises the job's step guard (a job that
         failed it needs a larger one); `deadline_s` gives it a new deadline from now (a
         job past its deadline otherwise gets a fresh window as long as its first). The
-        effect records' expiry moves with the deadline.
+        effect records' expiry moves with the deadline. Recorded in its history (`by`).
         """
+        view = self._resume(job_id, max_steps, deadline_s)
+        history.note(self, view, "resumed", who=by, detail=reason or "resumed")
+        return view
+
+    def _resume(self, job_id: str, max_steps: int | None,
+                deadline_s: float | None) -> JobView:
         codec.validate_job_id(job_id)
         if max_steps is not None or deadline_s is not None:
             Limits(max_steps=max_steps or 1, deadline_s=deadline_s)  # validates both
@@ -373,6 +400,13 @@ class JobStore(Table):
                     self.update(schema.input_key(job_id), upd.where(upd.exists(schema.PK)))
         return self.view(raw, secrets=False)
 
+    def redrive(self, job_id: str, *, from_step: int | None = None, by: str | None = None,
+                reason: str = "") -> JobView:
+        """Run a FAILED job again from its last committed step, or from `from_step` if
+        history kept that step's checkpoint; effects already DONE stay skipped. See
+        redrive.py for what can and cannot be redriven."""
+        return redrive_job(self, job_id, from_step=from_step, by=by, reason=reason)
+
     # -- pause / resume a job type --------------------------------------------------------
 
     # -- callbacks (issue 18): answers from senders that cannot invoke the function ----------
@@ -390,12 +424,16 @@ class JobStore(Table):
         """Callback `token`'s sender is still at work: its heartbeat timeout restarts."""
         return callbacks.heartbeat(self, token)
 
-    def set_paused(self, job_type: str, paused: bool, reason: str = "") -> int:
+    def set_paused(self, job_type: str, paused: bool, reason: str = "", *,
+                   by: str | None = None) -> int:
         """Pause or resume a job type (see pause.PauseSwitch.switch). Returns how many jobs
-        a resume made due (0 when pausing)."""
+        a resume made due (0 when pausing). Recorded in the history of its jobs (`by`)."""
         if reason:
             validate_reason(reason)
-        return self.pauses.switch(job_type, paused, reason)
+        n = self.pauses.switch(job_type, paused, reason)
+        history.type_note(self, job_type, "paused" if paused else "resumed", who=by,
+                          detail=reason or ("paused" if paused else "resumed"))
+        return n
 
     def pause_state(self, job_type: str) -> bool | None:
         """True if the type is paused, False if it was paused and resumed since, None if

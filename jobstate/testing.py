@@ -66,6 +66,14 @@ class Crash(BaseException):
     """Raised at a crash point: the 'process' dies there; nothing after it runs."""
 
 
+class StepOverran(AssertionError):
+    """A delivered step ran past its invocation's timeout: Lambda would have killed it.
+
+    The driver kills it at the first crash point past the deadline (nothing after runs, as
+    after Lambda's kill) and raises this, unless `Driver(on_overrun="kill")`.
+    """
+
+
 @dataclass
 class FakeLambdaContext:
     """A Lambda context whose remaining time follows a (manual) clock."""
@@ -88,6 +96,7 @@ class ChaosStats:
     delivered: int = 0
     duplicates: int = 0
     crashes: int = 0
+    overruns: int = 0
     lost: int = 0
     sweeps: int = 0
     crash_points: dict[str, int] = field(default_factory=dict)
@@ -108,8 +117,12 @@ class Driver:
         lost: float = 0.0,
         crash_points: tuple[str, ...] = faults.POINTS,
         timeout_ms: int = 60_000,
+        on_overrun: str = "raise",
     ) -> None:
+        if on_overrun not in ("raise", "kill"):
+            raise ValueError(f"on_overrun must be 'raise' or 'kill', got {on_overrun!r}")
         self.app, self.cont, self.clock = app, cont, clock
+        self.on_overrun = on_overrun
         self.rng = random.Random(seed)
         self.p_dup, self.p_crash, self.p_lost = duplicates, crashes, lost
         self.crash_points = crash_points
@@ -136,20 +149,38 @@ class Driver:
         if target is None and self.p_crash and self.rng.random() < self.p_crash:
             target = self.rng.choice(self.crash_points)
 
+        ctx = FakeLambdaContext(self.clock, self.timeout_ms)
+        overran: list[str] = []
+
         def hook(name: str, info: dict[str, Any]) -> None:
+            if ctx.get_remaining_time_in_millis() <= 0:
+                overran.append(name)  # Lambda's kill came before this point
+                raise Crash("timeout")
             if name == target:
                 self.stats.crashes += 1
                 self.stats.crash_points[name] = self.stats.crash_points.get(name, 0) + 1
                 raise Crash(name)
 
-        ctx = FakeLambdaContext(self.clock, self.timeout_ms)
         self.stats.delivered += 1
+        report: dict[str, Any] | None = None
         try:
             with faults.installed(hook):
                 report = self.app.handler(event, ctx)
         except Crash:
+            pass
+        if overran or ctx.get_remaining_time_in_millis() <= 0:
+            self.stats.overruns += 1
+            if self.on_overrun == "raise":
+                where = f"before {overran[0]!r}" if overran else "before it returned"
+                raise StepOverran(
+                    f"step {event.get('jobstate', {}).get('step')} of job "
+                    f"{event.get('jobstate', {}).get('job_id')!r} ran past its invocation's "
+                    f"timeout ({self.timeout_ms} ms; killed {where}): on Lambda it would be "
+                    "killed and retried. Loop with `while ctx.has_time():` around smaller "
+                    "batches, or raise the function's timeout (Driver(timeout_ms=...)).")
             return None
-        self.reports.append(report)
+        if report is not None:
+            self.reports.append(report)
         return report
 
     def step(self) -> bool:

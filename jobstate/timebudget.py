@@ -13,6 +13,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+NO_ROOM = "NoTimeForWork"  # error_type of a job whose function timeout is <= reserve_ms
+
+
+def no_room(timeout_ms: int, reserve_ms: int) -> str | None:
+    """Why an invocation of `timeout_ms` can do no work, or None if it can.
+
+    `has_time()` keeps `reserve_ms` for the commit and the continuation: an invocation
+    that has no more than that is never given time, and a chain of such steps would commit
+    nothing forever (issue 20: 339 empty steps in 600 s).
+    """
+    if timeout_ms > reserve_ms:
+        return None
+    return (f"the invocation's time ({timeout_ms} ms, the function timeout) is at or below "
+            f"reserve_ms ({reserve_ms} ms), so ctx.has_time() can never be true and no step "
+            "can do work: raise the function's Timeout well above reserve_ms, or pass a "
+            "smaller App(reserve_ms=...)")
+
 
 class TimeBudget:
     def __init__(

@@ -17,17 +17,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from . import codec, history, schema
-from .dynamo import Item, Refused, TransactionRefused, Update, av, condition
+from . import history, schema
+from .dynamo import Item, Refused, TransactionRefused, Update, condition
 from .errors import JobCancelled, LeaseLost
 from .history import history_item
 from .items import JobItem, job_item
 from .lease import Lease, State
-from .schema import IN, J
+from .newjob import QUEUED_UNTIL  # noqa: F401  (fan-out reads it here)
+from .schema import J
 from .status import RUNNABLE, JobStatus
 from .table import Table
 
-QUEUED_UNTIL = 9_999_999_999_999  # not_before of a child waiting for a concurrency slot
 ERROR_CHARS = 4000
 
 
@@ -69,6 +69,18 @@ def _fresh_attempts(upd: Update, lease: Lease) -> Update:
     if lease.job.error is not None:
         upd.remove(J.ERROR, J.ERROR_TYPE)
     return upd
+
+
+def _record(table: Table, lease: Lease, upd: Update, event: str, now: int) -> Update:
+    """This step's record in the job item's recent steps (on the write that happens
+    anyway); a full set moves to its history item first (history.ring)."""
+    mine, append, full = history.ring(table, lease, event, now)
+    if full is not None:
+        table.call("put_item", Item=full)  # its key follows from its content: idempotent
+    if append:
+        upd.sets.append(f"{upd.n(J.RECENT)} = list_append({upd.n(J.RECENT)}, {upd.v((mine,))})")
+        return upd
+    return upd.set(J.RECENT, (mine,))
 
 
 def _terminal(upd: Update, job_type: str, status: JobStatus, now: int, table: Table) -> Update:
@@ -124,49 +136,6 @@ def fenced_transaction(table: Table, lease: Lease, actions: list[dict[str, Any]]
 
 
 # -- creation -----------------------------------------------------------------------------------
-
-
-def new_job(table: Table, job_id: str, job_type: str, *, input_json: str, cursor_json: str,
-            max_attempts: int, max_steps: int, deadline_at: int | None,
-            runnable_now: bool = True, history: bool = False, paused_by: str | None = None,
-            extra: dict[str, Any] | None = None) -> Item:
-    """The item of a new PENDING job at step 0 (validated and encoded by the caller). An
-    input over INLINE_INPUT_BYTES is left out: it goes to the job's input item."""
-    now = table.clock.now_ms()
-    item: Item = {
-        **schema.job_key(job_id),
-        J.JOB_ID: av(job_id), J.TYPE: av(job_type), J.STATUS: av(JobStatus.PENDING.value),
-        J.STEP: av(0), J.INPUT_HASH: av(codec.input_hash(job_type + "\x1f" + input_json)),
-        J.CURSOR: av(cursor_json), J.ATTEMPT: av(0), J.MAX_ATTEMPTS: av(max_attempts),
-        J.MAX_STEPS: av(max_steps), J.CREATED: av(now), J.UPDATED: av(now),
-        J.INVOCATIONS: av(0), J.LEASE: av(0),
-        J.NOT_BEFORE: av(0 if runnable_now else QUEUED_UNTIL),
-        J.LIST_SHARD: av(schema.list_hash(job_id)),
-        J.LIST_KEY: av(schema.list_range(
-            job_type, schema.ACTIVE if paused_by is None else schema.PAUSED, now)),
-    }
-    if codec.size_of(input_json) <= schema.INLINE_INPUT_BYTES:
-        item[J.INPUT] = av(input_json)
-    if not runnable_now:
-        item[J.WAIT_REASON] = av("concurrency")
-    if deadline_at is not None:
-        item[J.DEADLINE] = av(deadline_at)
-    if history:
-        item[J.HISTORY_ON] = av(True)
-    if paused_by is not None:
-        item[J.PAUSED_BY] = av(paused_by)
-    for k, v in (extra or {}).items():
-        item[k] = av(v)
-    return item
-
-
-def input_item(job_id: str, input_json: str, input_hash: str, expires_at: int | None) -> Item:
-    """The input item of a job whose input is too big for its job item."""
-    item: Item = {**schema.input_key(job_id), IN.INPUT: av(input_json),
-                  J.INPUT_HASH: av(input_hash)}
-    if expires_at is not None:
-        item[IN.EXPIRES] = av(expires_at)
-    return item
 
 
 def create(table: Table, item: Item, input: Item | None = None) -> None:
@@ -253,6 +222,7 @@ def commit(table: Table, lease: Lease, state: State, *, hop: int | None = None) 
     upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(nxt)}")
     if hop is not None:
         upd.set(J.HOP, hop)
+    _record(table, lease, upd, "committed", now)
     _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
     if lease.job.history_on:
         history.record(table, lease, "committed")
@@ -272,6 +242,7 @@ def sleep(table: Table, lease: Lease, state: State, *, until_ms: int, reason: st
     (upd.set(J.STATUS, JobStatus.WAITING.value).set(J.NOT_BEFORE, until_ms)
      .set(J.WAIT_REASON, reason).set(J.DUE, due).set(J.DUE_SHARD, schema.due_hash(job.job_id))
      .set(J.LIST_KEY, schema.list_range(job.job_type, schema.ASLEEP, job.created_at or now)))
+    _record(table, lease, upd, "waited", now)
     _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
     if job.history_on:
         history.record(table, lease, "committed")
@@ -323,6 +294,8 @@ def finish_update(table: Table, lease: Lease, state: State | None, status: JobSt
         advance = status == JobStatus.SUCCEEDED
     if advance:
         upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(lease.step + 1)}")
+    if status == JobStatus.SUCCEEDED:  # a failure gets its own history item (protocol)
+        _record(table, lease, upd, "succeeded", now)
     if result_json is not None:
         upd.set(J.RESULT, result_json)
     if error is not None:
@@ -353,6 +326,7 @@ def spawn(table: Table, lease: Lease, state: State, *, count: int, child_type: s
     # Both describe the latest spawn only: an earlier spawn's must not stay behind.
     upd.set_opt(J.MAX_CONCURRENCY, max_concurrency).set_opt(J.CHILD_IDS, child_ids_json)
     upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(lease.step + 1)}")
+    _record(table, lease, upd, "spawned", now)
     attrs = _apply(table, lease, upd, "spawn commit", returns="UPDATED_NEW")
     pending = attrs.get(J.PENDING, {}).get("N")
     return 1 if pending is None else int(pending)
@@ -406,6 +380,28 @@ def resume(table: Table, job: JobItem, *, max_steps: int | None,
         upd.set(J.MAX_STEPS, max_steps)
     if deadline_at != job.deadline_at and deadline_at is not None:
         upd.set(J.DEADLINE, deadline_at)
+    return table.update(schema.job_key(job.job_id), upd, returns="ALL_NEW")
+
+
+def redrive(table: Table, job: JobItem, *, step: int, cursor: str | None,
+            progress: str | None, deadline_at: int | None) -> Item:
+    """A FAILED job RUNNING again at `step` (its current step, or an earlier one whose
+    checkpoint history kept: `cursor`/`progress` then replace its state), ready for the
+    next sweep (ALL_NEW); `Refused` if it changed since it was read."""
+    now = table.clock.now_ms()
+    upd = (Update().set(J.STATUS, JobStatus.RUNNING.value).set(J.ATTEMPT, 0)
+           .set(J.UPDATED, 0).set(J.STATUS_AT, now).set(J.NOT_BEFORE, 0).set(J.LEASE, 0)
+           .set(J.LIST_KEY, _bucket_key(job, schema.ACTIVE))
+           .remove(J.ERROR, J.ERROR_TYPE, J.EXPIRES, J.RESULT, J.WAIT_REASON, J.SWEPT_AT,
+                   J.OWNER, J.DUE, J.DUE_SHARD))
+    upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(step)}")
+    if cursor is not None:
+        upd.set(J.CURSOR, cursor)
+    if progress is not None:
+        upd.set(J.PROGRESS, progress)
+    if deadline_at is not None and deadline_at != job.deadline_at:
+        upd.set(J.DEADLINE, deadline_at)
+    upd.where(upd.eq(J.STATUS, JobStatus.FAILED.value), upd.eq(J.STEP, job.step))
     return table.update(schema.job_key(job.job_id), upd, returns="ALL_NEW")
 
 

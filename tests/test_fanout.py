@@ -477,7 +477,7 @@ def test_pausing_the_root_type_pauses_grandchildren_and_resuming_wakes_them(
     assert jobstate.sweep(store, cont).dispatched == 0 and ran == []
     assert store.set_paused("root", False) >= 1  # the leaf, two levels down, is due now
     jobstate.sweep(store, cont)
-    drain(app, cont, ctx)
+    drain(app, cont, FakeLambdaContext(clock))  # a new invocation: the old one timed out
     assert ran == ["r.s0.0.s0.0"] and store.get("r").status is JobStatus.SUCCEEDED
 
 
@@ -773,5 +773,5 @@ def test_resuming_the_root_type_leaves_a_descendant_whose_own_type_is_still_paus
     assert app.handler(leaf_event, ctx)["outcome"] == "paused" and ran == []
     store.set_paused("leaf", False)
     jobstate.sweep(store, cont)
-    drain(app, cont, ctx)
+    drain(app, cont, FakeLambdaContext(clock))  # a new invocation: the old one timed out
     assert ran == ["r.s0.0.s0.0"] and store.get("r").status is JobStatus.SUCCEEDED

@@ -188,7 +188,7 @@ class SlowFirstStart(jobstate.App):
             time.sleep(60)
         return job_id
 
-app = SlowFirstStart(store=jobstate.JobStore())
+app = SlowFirstStart(store=jobstate.JobStore(), reserve_ms=300)  # a 1 s timeout: room for work
 
 @app.job("one")
 def one(ctx):

@@ -666,9 +666,10 @@ def test_broken_claim_is_caught_as_double_lease(moto: Any,
 def test_a_lease_that_ends_before_its_holder_is_caught(moto: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # The bug the store cannot see: the lease is written shorter than the invocation's
-    # real deadline (here 1 s), so a duplicate takes the step while its holder still runs.
+    # real deadline (here 2 s: above the 1.5 s reserve, or the step would fail at once as
+    # one with no time for work), so a duplicate takes the step while its holder still runs.
     monkeypatch.setattr(jobstate.App, "_deadline_ms",
-                        lambda self, context: self.clock.now_ms() + 1_000)
+                        lambda self, context: self.clock.now_ms() + 2_000)
     with pytest.raises(Violation, match="its holder still running"):
         run_state_machine_as_test(WhileHoldersLive, settings=BROKEN)
 

@@ -120,7 +120,8 @@ def test_history_is_written_for_every_step_when_enabled(app, cont, store):
     jid = app.start("audited", None)
     drain(app, cont)
     assert [(h.step, h.event) for h in store.history(jid)] == [(0, "committed"),
-                                                               (1, "committed")]
+                                                               (1, "committed"),
+                                                               (2, "succeeded")]
     assert store.get(jid).status is JobStatus.SUCCEEDED
 
 

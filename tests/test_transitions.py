@@ -328,3 +328,19 @@ def test_each_transition_changes_what_the_table_says(store: jobstate.JobStore,
 
 def test_every_scenario_is_a_transition() -> None:
     assert set(SCENARIOS) == {t.name for t in statemachine.TRANSITIONS}
+
+
+def _failed(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    lease = claimed(store)
+    upd = transitions.finish_update(store, lease, None, JobStatus.FAILED, error="boom",
+                                    error_type="Error")
+    transitions.finish(store, lease, upd, JobStatus.FAILED)
+    return "t", item(store)
+
+
+@scenario("redrive", _failed)
+def _redrive(store: jobstate.JobStore) -> None:
+    found = item(store)
+    assert found is not None
+    transitions.redrive(store, found, step=found.step, cursor=None, progress=None,
+                        deadline_at=found.deadline_at)

@@ -148,6 +148,24 @@ def connection(f: F) -> F:
     return f
 
 
+def actor_flag(f: F) -> F:
+    """--as NAME: who acts, for the job's history (default: the OS user). Not looked up
+    with STS: that is a network call per command for a name the operator can give."""
+    return click.option("--as", "actor", default=None, metavar="NAME",
+                        help="Who is acting, recorded in the job's history "
+                             "[default: your OS user].")(f)
+
+
+def who(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        import getpass
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container without one)
+        return "unknown"
+
+
 def json_flag(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
 
@@ -232,6 +250,8 @@ def cli() -> None:
 
 class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
+        if task.fields.get("paused"):
+            return Text("paused")  # no rate while held (issue 20: not a frozen one)
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit") or "items"
         return Text("-" if speed is None else f"{speed:,.1f} {unit}/s")
@@ -246,13 +266,20 @@ def follow(store: JobStore, job_id: str, timeout_s: float | None, *, interval: f
                         TimeRemainingColumn(), TimeElapsedColumn(), console=err,
                         disable=quiet or not err.is_terminal)
     with progress:
-        task = progress.add_task(job_id, total=None, amount="", unit="")
+        task = progress.add_task(job_id, total=None, amount="", unit="", paused=False)
         while True:
             view = store.get(job_id)
             prog = rollup(store, view) if view.children_total else view.progress
+            if view.paused:
+                # Held: forget the samples, so neither the rate nor the ETA stays frozen at
+                # what they were before the pause (both start afresh after the resume).
+                progress.reset(task, start=False)
+            elif not progress.tasks[0].started:
+                progress.start_task(task)
             progress.update(task, completed=prog.done, total=prog.total,
                             description=f"{view.job_type} {view.display_status} step {view.step}",
-                            amount=progress_text(prog), unit=prog.unit or "items")
+                            amount=progress_text(prog), unit=prog.unit or "items",
+                            paused=view.paused)
             if view.status.terminal:
                 return view
             if deadline is not None and time.monotonic() > deadline:

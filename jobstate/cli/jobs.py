@@ -1,4 +1,4 @@
-"""Reading jobs: `status`, `list`, `watch`, `history`."""
+"""Reading jobs: `status`, `list`, `watch`, `history`, `paused`."""
 
 from __future__ import annotations
 
@@ -83,15 +83,35 @@ def watch(as_json: bool, job_id: str, interval: float, timeout_s: float | None) 
 @json_flag
 @click.argument("job_id")
 def history(as_json: bool, job_id: str) -> None:
-    """Step history: failures, retries, takeovers (every step if history is on)."""
-    store = settings().store()
-    store.get(job_id)  # a clear JobNotFound first
-    entries = store.history(job_id)
+    """A job's history, oldest first: every step, retry, failure, takeover, operator
+    action (who, when, why) and callback answer. Nothing is cut: long details wrap."""
+    entries = settings().store().history(job_id)
     if as_json:
         emit([e.to_dict() for e in entries])
         return
-    table = Table("step", "event", "attempt", "started", "duration ms", "detail")
+    table = Table("when", "step", "event", "took", "by", "detail", expand=True)
+    table.columns[5].overflow = "fold"  # a long token with no space still shows whole
+    table.columns[4].overflow = "fold"
     for e in entries:
-        table.add_row(str(e.step), e.event, str(e.attempt or ""), when(e.started_at),
-                      str(e.duration_ms or ""), (e.detail or "")[:120])
-    out.print(table if entries else f"no history items for {job_id}")
+        by = e.who or (e.owner[-12:] if e.owner else "")
+        took = "" if e.duration_ms is None else f"{e.duration_ms} ms"
+        attempt = f" (attempt {e.attempt})" if e.attempt else ""
+        table.add_row(when(e.ended_at or e.started_at), str(e.step), e.event + attempt, took,
+                      by, e.detail or "")
+    out.print(table if entries else f"no history for {job_id}")
+
+
+@cli.command()
+@connection
+@json_flag
+def paused(as_json: bool) -> None:
+    """List the job types that are paused now (and since when, why)."""
+    rows = settings().store().pauses.paused_now()
+    if as_json:
+        emit([{"job_type": r.job_type, "paused_at": r.updated_at, "reason": r.reason}
+              for r in rows])
+        return
+    table = Table("job type", "paused since", "reason")
+    for r in rows:
+        table.add_row(r.job_type, when(r.updated_at), r.reason or "")
+    out.print(table if rows else "no job type is paused")

@@ -16,6 +16,7 @@ from ..store import JobStore
 from ..sweeper import sweep as run_sweep
 from .base import (
     CliError,
+    actor_flag,
     cli,
     connection,
     continuation,
@@ -26,6 +27,7 @@ from .base import (
     parse_json,
     resume_limits,
     settings,
+    who,
 )
 
 
@@ -34,9 +36,10 @@ from .base import (
 @json_flag
 @click.argument("job_id")
 @click.option("--reason", default="cancelled by operator", show_default=True)
-def cancel(as_json: bool, job_id: str, reason: str) -> None:
+@actor_flag
+def cancel(as_json: bool, job_id: str, reason: str, actor: str | None) -> None:
     """Cancel a job and its unfinished children; running steps stop at their next write."""
-    count = cancel_tree(settings().store(), job_id, reason)
+    count = cancel_tree(settings().store(), job_id, reason, by=who(actor))
     if as_json:
         emit({"job_id": job_id, "cancelled": count})
     else:
@@ -48,9 +51,19 @@ def cancel(as_json: bool, job_id: str, reason: str) -> None:
 @json_flag
 @click.argument("job_type")
 @click.option("--reason", default="paused by operator", show_default=True)
-def pause(as_json: bool, job_type: str, reason: str) -> None:
+@click.option("--force", is_flag=True, help="Pause a type that has no jobs and was never "
+              "paused (a type not deployed yet); without it such a name is refused as a "
+              "likely typo.")
+@actor_flag
+def pause(as_json: bool, job_type: str, reason: str, force: bool, actor: str | None) -> None:
     """Pause every job of a type (the kill switch): steps stop at their next claim."""
-    settings().store().set_paused(job_type, True, reason)
+    store = settings().store()
+    if not force and store.pause_state(job_type) is None and not store.list(job_type,
+                                                                            limit=1).jobs:
+        raise CliError(f"job type {job_type!r} has no jobs in table {store.table_name!r} and "
+                       "was never paused: check the name (`jobstate list` shows the types "
+                       "in use), or pass --force to pause it before its first job.")
+    store.set_paused(job_type, True, reason, by=who(actor))
     if as_json:
         emit({"job_type": job_type, "paused": True})
     else:
@@ -68,9 +81,10 @@ def pause(as_json: bool, job_type: str, reason: str) -> None:
               help="Job only: invoke this Lambda function for its step now.")
 @resume_limits
 @lambda_options
+@actor_flag
 def resume(as_json: bool, target: str, kind: str | None, function_name: str | None,
            max_steps: int | None, deadline: float | None,
-           lambda_endpoint_url: str | None) -> None:
+           lambda_endpoint_url: str | None, actor: str | None) -> None:
     """Resume a paused job TYPE, or a failed/cancelled job (TARGET is a job id)."""
     store = settings().store()
     state: bool | None = None
@@ -86,7 +100,7 @@ def resume(as_json: bool, target: str, kind: str | None, function_name: str | No
             kind = "type"
     if kind == "job":
         _resume_job(store, target, function_name, lambda_endpoint_url, as_json,
-                    max_steps=max_steps, deadline_s=deadline)
+                    max_steps=max_steps, deadline_s=deadline, by=who(actor))
         return
     if max_steps is not None or deadline is not None:
         raise CliError("--max-steps and --deadline apply to a job, not to a job type.")
@@ -101,7 +115,7 @@ def resume(as_json: bool, target: str, kind: str | None, function_name: str | No
                        "name (`jobstate list --type TYPE` shows a type's jobs).")
     # Not paused: a no-op, unless an earlier resume died while waking the jobs (then
     # this finishes it).
-    woken = store.set_paused(target, False)
+    woken = store.set_paused(target, False, by=who(actor))
     if as_json:
         emit({"job_type": target, "paused": False, "due_now": woken})
     elif state or woken:
@@ -119,17 +133,20 @@ def resume(as_json: bool, target: str, kind: str | None, function_name: str | No
               help="Invoke this Lambda function for the job's step now.")
 @resume_limits
 @lambda_options
+@actor_flag
 def resume_job(as_json: bool, job_id: str, function_name: str | None, max_steps: int | None,
-               deadline: float | None, lambda_endpoint_url: str | None) -> None:
+               deadline: float | None, lambda_endpoint_url: str | None,
+               actor: str | None) -> None:
     """Make a FAILED or CANCELLED job runnable again from its last committed step."""
     _resume_job(settings().store(), job_id, function_name, lambda_endpoint_url, as_json,
-                max_steps=max_steps, deadline_s=deadline)
+                max_steps=max_steps, deadline_s=deadline, by=who(actor))
 
 
 def _resume_job(store: JobStore, job_id: str, function_name: str | None,
                 lambda_endpoint_url: str | None, as_json: bool, *,
-                max_steps: int | None = None, deadline_s: float | None = None) -> None:
-    view = store.resume(job_id, max_steps=max_steps, deadline_s=deadline_s)
+                max_steps: int | None = None, deadline_s: float | None = None,
+                by: str | None = None) -> None:
+    view = store.resume(job_id, max_steps=max_steps, deadline_s=deadline_s, by=by)
     dispatched = False
     if function_name:
         continuation(function_name, lambda_endpoint_url).dispatch(
@@ -142,6 +159,36 @@ def _resume_job(store: JobStore, job_id: str, function_name: str | None,
     else:
         out.print(f"resumed {job_id} at step {view.step} ({view.status.value}); the sweeper "
                   "dispatches it on its next run (or pass --function NAME to invoke now)")
+
+
+@cli.command()
+@connection
+@json_flag
+@click.argument("job_id")
+@click.option("--from-step", "from_step", type=click.IntRange(0), default=None,
+              help="Re-run from this earlier step, whose checkpoint history kept "
+                   "[default: the step it failed at].")
+@click.option("--reason", default="", help="Why, for the job's history.")
+@click.option("--function", "function_name", default=None,
+              help="Invoke this Lambda function for the job's step now.")
+@lambda_options
+@actor_flag
+def redrive(as_json: bool, job_id: str, from_step: int | None, reason: str,
+            function_name: str | None, lambda_endpoint_url: str | None,
+            actor: str | None) -> None:
+    """Re-run a FAILED job from its last committed step (or --from-step N); effects
+    already done are still skipped."""
+    view = settings().store().redrive(job_id, from_step=from_step, by=who(actor),
+                                      reason=reason)
+    if function_name:
+        continuation(function_name, lambda_endpoint_url).dispatch(
+            step_event(view.job_id, view.step, view.job_type, **routing(view)))
+    if as_json:
+        emit({"job": view.to_dict(), "dispatched": bool(function_name)})
+    else:
+        out.print(f"redriven {job_id} from step {view.step}; " + (
+            f"invoked {function_name}" if function_name else
+            "the sweeper dispatches it on its next run (or pass --function NAME)"))
 
 
 @cli.group()
@@ -174,10 +221,13 @@ def effect_list(as_json: bool, job_id: str) -> None:
 @click.argument("job_id")
 @click.argument("key")
 @click.option("--result", "result_json", default="null", help="The effect's result (JSON).")
-def effect_done(as_json: bool, job_id: str, key: str, result_json: str) -> None:
+@click.option("--reason", default="", help="Why, for the job's history.")
+@actor_flag
+def effect_done(as_json: bool, job_id: str, key: str, result_json: str, reason: str,
+                actor: str | None) -> None:
     """Record that a STARTED effect did happen (with its result)."""
     mark_effect(settings().store(), job_id, key, done=True,
-                result=parse_json(result_json, "--result"))
+                result=parse_json(result_json, "--result"), by=who(actor), reason=reason)
     _effect_settled(as_json, job_id, key, "DONE")
 
 
@@ -186,9 +236,12 @@ def effect_done(as_json: bool, job_id: str, key: str, result_json: str) -> None:
 @json_flag
 @click.argument("job_id")
 @click.argument("key")
-def effect_retry(as_json: bool, job_id: str, key: str) -> None:
+@click.option("--reason", default="", help="Why, for the job's history.")
+@actor_flag
+def effect_retry(as_json: bool, job_id: str, key: str, reason: str,
+                 actor: str | None) -> None:
     """Record that a STARTED effect did not happen, so it runs again."""
-    mark_effect(settings().store(), job_id, key, done=False)
+    mark_effect(settings().store(), job_id, key, done=False, by=who(actor), reason=reason)
     _effect_settled(as_json, job_id, key, "forgotten (will run again)")
 
 

@@ -1,0 +1,176 @@
+"""Issue 20: a job's history is on by default, at 1/RING of a write per step, and shows
+every step, failure, repair and operator action in order (newest state last)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import jobstate
+from jobstate import history
+from jobstate.testing import Driver
+from tests.conftest import RequestLog, drain
+
+
+def item_bytes(raw: dict[str, Any]) -> int:
+    """DynamoDB's item size: attribute names plus values (strings and numbers as text)."""
+    def size(v: dict[str, Any]) -> int:
+        (kind, val), = v.items()
+        if kind in ("S", "N"):
+            return len(str(val).encode())
+        if kind == "BOOL":
+            return 1
+        if kind == "M":
+            return sum(len(k) + size(x) for k, x in val.items()) + 3
+        if kind == "L":
+            return sum(size(x) for x in val) + 3
+        return len(str(val))
+    return sum(len(k) + size(v) for k, v in raw.items())
+
+
+def counting(app: jobstate.App, name: str, steps: int) -> None:
+    @app.job(name, max_steps=steps + 5)
+    def run(ctx: jobstate.StepContext) -> Any:
+        if ctx.step >= steps:
+            return ctx.complete({"steps": ctx.step})
+        ctx.cursor["done"] = ctx.step + 1
+        ctx.progress(ctx.step + 1, steps)
+        return None
+
+
+def test_every_step_is_in_the_history_by_default(app: jobstate.App,
+                                                 cont: jobstate.InMemoryContinuation) -> None:
+    steps = 2 * history.RING + 3
+    counting(app, "long", steps)
+    jid = app.start("long", {})
+    drain(app, cont)
+    entries = app.store.history(jid)
+    assert [(e.step, e.event) for e in entries] == [
+        *((s, "committed") for s in range(steps)), (steps, "succeeded")]
+    assert all(e.started_at is not None and e.duration_ms is not None for e in entries)
+    # The job item carries at most RING records and stays well under 1 KB.
+    raw = app.store.get_raw(jid)
+    assert raw is not None and len(raw["hr"]["L"]) <= history.RING
+    assert item_bytes(raw) < 900
+
+
+def test_a_step_costs_two_writes_and_the_record_moves_every_ring_steps(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation,
+        requests_log: RequestLog) -> None:
+    steps = 3 * history.RING
+    counting(app, "metered", steps)
+    app.start("metered", {})
+    per_step = []
+    while cont.events:
+        event = cont.pop_all()[0]
+        requests_log.reset()
+        app.handler(event)
+        per_step.append((event["jobstate"]["step"], requests_log.writes, requests_log.reads))
+    middle = [(s, w, r) for s, w, r in per_step if 0 < s < steps]
+    assert all(r == 0 for _, _, r in middle)
+    # Two writes a step; one more on each step that moves RING records to a history item.
+    extra = [s for s, w, _ in middle if w == 3]
+    assert all(w in (2, 3) for _, w, _ in middle)
+    assert extra == [history.RING, 2 * history.RING]
+
+
+def test_a_failure_then_a_repair_then_a_success_shows_the_success_last(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation,
+        clock: jobstate.ManualClock) -> None:
+    calls = {"n": 0}
+
+    @app.job("flaky", max_attempts=1)
+    def flaky(ctx: jobstate.StepContext) -> Any:
+        calls["n"] += 1
+        clock.advance(0.01)
+        if ctx.step == 1 and calls["n"] == 2:
+            raise RuntimeError("the disk is full " + "and a long explanation " * 20)
+        if ctx.step == 2:
+            return ctx.complete("ok")
+        return None
+
+    jid = app.start("flaky", {})
+    drain(app, cont)
+    assert app.store.get(jid).status is jobstate.JobStatus.FAILED
+    clock.advance(1)
+    app.store.resume(jid, by="alice", reason="disk cleaned")
+    clock.advance(1)
+    jobstate.sweep(app.store, cont)
+    drain(app, cont)
+    entries = app.store.history(jid)
+    events = [(e.step, e.event) for e in entries]
+    assert events == [(0, "committed"), (1, "failed"), (1, "resumed"), (1, "committed"),
+                      (2, "succeeded")]
+    resumed = entries[2]
+    assert resumed.who == "alice" and resumed.detail == "disk cleaned"
+    assert "a long explanation" in (entries[1].detail or "")
+
+
+def test_operator_actions_are_recorded_with_who_when_and_why(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation, clock: jobstate.ManualClock
+) -> None:
+    counting(app, "steered", 5)
+    jid = app.start("steered", {})
+    app.handler(cont.pop_all()[0])
+    clock.advance(1)
+    app.store.set_paused("steered", True, "deploy", by="arn:aws:iam::1:user/bob")
+    clock.advance(1)
+    app.store.set_paused("steered", False, by="carol")
+    clock.advance(1)
+    app.store.cancel(jid, "not needed", by="dave")
+    entries = app.store.history(jid)
+    ops = [(e.event, e.who, e.detail) for e in entries if e.who]
+    assert ops == [("paused", "arn:aws:iam::1:user/bob", "steered: deploy"),
+                   ("resumed", "carol", "steered: resumed"),
+                   ("cancelled", "dave", "not needed")]
+    assert entries[0].event == "committed"
+    assert all(e.ended_at for e in entries)
+
+
+def test_note_is_the_documented_way_to_add_an_event(app: jobstate.App,
+                                                    cont: jobstate.InMemoryContinuation) -> None:
+    counting(app, "noted", 3)
+    jid = app.start("noted", {})
+    drain(app, cont)
+    view = app.store.get(jid)
+    history.note(app.store, view, "callback_answered", who="arn:aws:iam::1:role/hook",
+                 detail="approved")
+    last = app.store.history(jid)[-1]
+    assert (last.event, last.who, last.detail) == ("callback_answered",
+                                                   "arn:aws:iam::1:role/hook", "approved")
+
+
+def test_a_settled_effect_is_in_the_history(app: jobstate.App,
+                                            cont: jobstate.InMemoryContinuation,
+                                            driver: Callable[..., Driver]) -> None:
+    @app.job("pays", max_attempts=1)
+    def pays(ctx: jobstate.StepContext) -> Any:
+        def charge() -> None:
+            raise TimeoutError("the bank did not answer")
+        ctx.once("charge", charge, semantics=jobstate.Semantics.AT_MOST_ONCE)
+        return ctx.complete("paid")
+
+    jid = app.start("pays", {})
+    driver().run()
+    assert app.store.get(jid).status is jobstate.JobStatus.FAILED
+    jobstate.mark_effect(app.store, jid, "charge", done=True, result={"id": 7}, by="erin",
+                         reason="the bank says it went through")
+    settled = [e for e in app.store.history(jid) if e.event == "settled"]
+    assert len(settled) == 1 and settled[0].who == "erin"
+    assert settled[0].detail == ("effect 'charge' marked DONE: the bank says it went "
+                                 "through")
+
+
+@pytest.mark.integration
+def test_history_on_a_real_engine(app: jobstate.App, cont: jobstate.InMemoryContinuation
+                                  ) -> None:
+    steps = history.RING + 2
+    counting(app, "real", steps)
+    jid = app.start("real", {})
+    drain(app, cont)
+    assert [(e.step, e.event) for e in app.store.history(jid)] == [
+        *((s, "committed") for s in range(steps)), (steps, "succeeded")]
+    with pytest.raises(jobstate.JobFinished):
+        app.store.cancel(jid, "late", by="frank")
