@@ -85,8 +85,9 @@ def test_a_waiting_job_costs_no_invocation_and_its_answer_runs_it_at_once(
     assert job.due_at == clock.now_ms() + 3_600_000  # the sweeper times it out then
     requests_log.reset()
     answer = approval.complete_callback(token, {"ok": 1})
-    # The documented cost of an answer: one write on the callback, one on the job, no read.
-    assert (requests_log.writes, requests_log.reads) == (2, 0)
+    # The documented cost of an answer: one write on the callback, one on the job, one
+    # history note, no read.
+    assert (requests_log.writes, requests_log.reads) == (3, 0)
     assert answer.woke and not answer.repeated and len(cont.events) == 1
     deliver(approval, cont, clock)
     job = approval.store.get("j1")
@@ -127,6 +128,10 @@ def test_first_answer_wins_the_same_again_is_a_no_op_and_another_is_refused(
         approval.heartbeat_callback(token)
     deliver(approval, cont, clock)
     assert approval.store.get("j1").result == {"got": {"v": 1}}
+    # The one answer that counted is in the job's history, its payload is not.
+    noted = [h for h in approval.store.history("j1") if h.event.startswith("callback_")]
+    assert [h.event for h in noted] == ["callback_succeeded"]
+    assert "approval" in (noted[0].detail or "") and "'v'" not in (noted[0].detail or "")
 
 
 def test_a_failure_reaches_the_step_as_callback_failed(
