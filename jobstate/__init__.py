@@ -8,6 +8,7 @@ from __future__ import annotations
 from .app import App, JobSpec, StepReport
 from .clock import Clock, ManualClock, SystemClock
 from .codec import Cipher, stable_id
+from .completion import CompletionPolicy
 from .context import Completed, Failed, PollTimedOut, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
 from .errors import (
@@ -53,6 +54,7 @@ __all__ = [
     "ClaimOutcome",
     "Clock",
     "Completed",
+    "CompletionPolicy",
     "ConfigurationError",
     "Continuation",
     "DispatchFailed",

@@ -283,6 +283,7 @@ class App:
             history.record(self.store, lease, "takeover")
             self._emit(StepReport(lease.job_id, lease.step, StepOutcome.TAKEOVER),
                        lease.job_type)
+        fanout.settle_decided(self.store, lease)  # a policy decided: the rest never run
         verdict = (protocol.guard(lease.job, lease.step, self.clock.now_ms())
                    or fanout.failed_children(self.store, lease))
         if verdict is not None:

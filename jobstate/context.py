@@ -12,6 +12,7 @@ import tenacity
 from tenacity.wait import wait_base
 
 from . import codec, fanout, redact, transitions
+from .completion import CompletionPolicy
 from .effects import Effects
 from .errors import InvalidInput, JobStateError
 from .fanout import ChildView
@@ -269,30 +270,40 @@ class StepContext:
         max_concurrency: int | None = None,
         child_ids: Sequence[str] | None = None,
         on_child_failure: str = "fail",
+        completion: CompletionPolicy | None = None,
     ) -> None:
-        """Start one child job per input and wait for all of them (the step ends here).
+        """Start one child job per input and wait for them (the step ends here).
 
         Children get deterministic ids (parent id + index), so a re-run spawn creates
-        nothing new. When all have finished, the next step runs; see `children()`.
+        nothing new. When all have finished, or `completion` decided the outcome (the
+        rest are then cancelled), the next step runs; see `children()` and
+        `completion_reason`.
         """
         fanout.spawn(self._store, self._lease, job_type, list(inputs),
                      limits=self._limits.get(job_type, Limits()),
                      max_concurrency=max_concurrency, child_ids=child_ids,
-                     on_child_failure=on_child_failure)
+                     on_child_failure=on_child_failure, completion_policy=completion)
 
     def spawn_chains(self, job_type: str, *, total: int, chains: int,
                      extra: Mapping[str, Any] | None = None,
                      max_concurrency: int | None = None,
-                     on_child_failure: str = "fail") -> None:
+                     on_child_failure: str = "fail",
+                     completion: CompletionPolicy | None = None) -> None:
         """Split [0, total) into `chains` contiguous ranges, one child job each."""
         inputs = [{"start": a, "end": b, **dict(extra or {})}
                   for a, b in fanout.chain_ranges(total, chains)]
         self.spawn(job_type, inputs, max_concurrency=max_concurrency,
-                   on_child_failure=on_child_failure)
+                   on_child_failure=on_child_failure, completion=completion)
 
     def children(self) -> list[ChildView]:
         """The children of this job that have finished, with status and result."""
         return fanout.children(self._store, self.job_id)
+
+    @property
+    def completion_reason(self) -> str | None:
+        """The latest spawn's verdict: MIN_SUCCESSFUL_REACHED, FAILURE_TOLERANCE_EXCEEDED
+        or ALL_COMPLETED (None: this job never spawned)."""
+        return fanout.completion_reason(self._store, self._lease.job)
 
     # -- internals for the runtime -------------------------------------------------------
 

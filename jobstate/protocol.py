@@ -160,14 +160,18 @@ def finish(
     upd = transitions.finish_update(table, lease, state, status, result_json=result_json,
                                     error=error, error_type=error_type, advance=advance,
                                     attempt=attempt)
-    parts = joins.join_actions(table, lease.job, status.value, result_json, error)
-    if not parts:
+    join = joins.join_actions(table, lease.job, status.value, result_json, error)
+    if join is None:
         transitions.finish(table, lease, upd, status)
     else:
         first = transitions.action(table, schema.job_key(lease.job_id), upd)
-        joins.transact_join(
+        verdict = joins.transact_join(
             lambda actions: transitions.fenced_transaction(table, lease, actions, "completion"),
-            first, parts)
+            first, join)
+        if verdict is not None:
+            observe.event("completion_decided", job_id=lease.job.parent_id,
+                          step=lease.job.parent_step, detail=f"{verdict} (decided by the join "
+                          f"of child {lease.job_id}, {status.value})")
     if status == JobStatus.FAILED:
         # The job is FAILED already: a history item the store cannot take now must not
         # make this invocation fail before it joins and dispatches what follows.
