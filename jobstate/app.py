@@ -12,11 +12,11 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import codec, fanout, faults, history, joins, observe, protocol, redact, transitions
+from . import codec, fanout, faults, history, hooks, joins, observe, protocol, redact, transitions
 from .clock import Clock
 from .context import Completed, Failed, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
@@ -36,6 +36,7 @@ from .errors import (
 )
 from .events import EVENT_KEY, parse_event, routing, step_event
 from .fanout import Spawned
+from .hooks import EffectHook
 from .lease import Lease
 from .retry import RetryPolicy
 from .signals import Deferred, Suspend
@@ -98,6 +99,7 @@ class App:
         reconcile_guard_s: float = 30.0,
         logger: Any = None,
         emf: bool | None = None,
+        effect_hooks: Sequence[EffectHook] | None = None,
     ) -> None:
         self.store = store or JobStore(clock=clock)
         if clock is not None:
@@ -117,6 +119,8 @@ class App:
         self.reconcile_guard_ms = int(reconcile_guard_s * 1000)
         self.specs: dict[str, JobSpec] = {}
         self.hooks: list[Hook] = []
+        # Called on each effect's start, success, failure and replay (hooks.py).
+        self.effect_hooks: list[EffectHook] = hooks.validate(effect_hooks)
         # Log lines go to `logger` (stdlib or Powertools Logger; default the `jobstate`
         # logger); EMF metrics print when `emf` is true (None: only inside Lambda).
         self.logger = logger
@@ -296,7 +300,8 @@ class App:
         budget = TimeBudget(lambda: deadline_ms - self.clock.now_ms(), self.clock.now_ms,
                             reserve_ms=self.reserve_ms)
         ctx = StepContext(self.store, lease, budget, lambda_context=context, specs=self.specs,
-                          reconcile_guard_ms=self.reconcile_guard_ms)
+                          reconcile_guard_ms=self.reconcile_guard_ms,
+                          effect_hooks=self.effect_hooks)
         self._emit(StepReport(lease.job_id, lease.step, StepOutcome.CLAIMED), lease.job_type)
         try:
             returned = spec.fn(ctx)

@@ -16,6 +16,7 @@ from .completion import CompletionPolicy
 from .effects import Effects
 from .errors import InvalidInput, JobStateError
 from .fanout import ChildView
+from .hooks import EffectHook
 from .lease import Lease, State
 from .records import JobView, Progress
 from .retry import tenacity_delay_ms
@@ -69,12 +70,14 @@ class StepContext:
         logger: logging.LoggerAdapter[logging.Logger] | None = None,
         specs: Mapping[str, Any] | None = None,
         reconcile_guard_ms: int = 0,
+        effect_hooks: Sequence[EffectHook] = (),
     ) -> None:
         job = lease.job
         self._store = store
         self._lease = lease
         self._budget = budget
-        self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms)
+        self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms,
+                                effect_hooks)
         self.lambda_context = lambda_context
         self._limits = {name: spec.limits for name, spec in (specs or {}).items()}
         self.job_id: str = job.job_id

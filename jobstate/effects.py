@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import codec, faults, observe, schema
+from . import codec, faults, hooks, observe, schema
 from .dynamo import Refused, TransactionRefused
 from .errors import (
     EffectNotDone,
@@ -84,6 +84,7 @@ class Effects:
     lease: Lease
     time_left_ms: Callable[[], int] = field(default=lambda: 10_000)
     reconcile_guard_ms: int = 0
+    effect_hooks: Sequence[hooks.EffectHook] = ()
     # Keys whose `fn` is running right now (a nested `once` with the same key is a bug),
     # and keys whose `fn` was called in this step but not recorded DONE (it raised, or the
     # DONE write failed): their outcome is unknown, like a crash's, so a second `once` of
@@ -93,6 +94,13 @@ class Effects:
 
     def _key(self, key: str) -> dict[str, Any]:
         return schema.effect_key(self.lease.job_id, key)
+
+    def _notify(self, event: str, key: str, sem: Semantics, **extra: Any) -> None:
+        if self.effect_hooks:
+            lease = self.lease
+            hooks.notify(self.effect_hooks, event, {
+                "job_id": lease.job_id, "job_type": lease.job_type, "step": lease.step,
+                "key": key, "attempt": lease.job.attempt + 1, "semantics": sem.value, **extra})
 
     def once(self, key: str, call: Call, semantics: Semantics,
              reconcile: Callable[..., Any] | None) -> Any:
@@ -132,7 +140,9 @@ class Effects:
     def _existing(self, old: EffectItem, call: Call, sem: Semantics,
                   reconcile: Callable[..., Any] | None) -> Any:
         if old.state == DONE:
-            return decode_result(self.table, old, self.lease.job_id)
+            value = decode_result(self.table, old, self.lease.job_id)
+            self._notify(hooks.REPLAYED, old.key, sem)
+            return value
         key, owner = old.key, old.owner
         # STARTED by another owner (it died mid-effect, or its fn raised), or by this one
         # earlier in the step when fn raised: it may or may not have happened.
@@ -156,6 +166,7 @@ class Effects:
                 result_json = encode_result(self.table, outcome, key, job_id=self.lease.job_id)
                 self._persist(self._write_done, key, result_json, owner)
                 self._unknown.discard(key)
+                self._notify(hooks.SUCCEEDED, key, sem, reconciled=True)
                 return outcome
         if owner != self.lease.owner:
             self._take_over(key, owner)
@@ -200,9 +211,11 @@ class Effects:
         self._running.add(key)
         self._unknown.add(key)  # until DONE is recorded
         fn, args, kwargs = call
+        self._notify(hooks.STARTED, key, sem)
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
+            self._notify(hooks.FAILED, key, sem, error=type(exc).__name__)
             if sem == Semantics.AT_LEAST_ONCE or isinstance(exc, EffectNotDone):
                 self._settle(key, self._forget, key)  # not done (or allowed again)
             else:
@@ -218,6 +231,7 @@ class Effects:
         result_json = self._encode(key, result)
         self._persist(self._write_done, key, result_json, self.lease.owner)
         self._unknown.discard(key)
+        self._notify(hooks.SUCCEEDED, key, sem)
         return result
 
     def _encode(self, key: str, result: Any) -> str:
@@ -320,6 +334,7 @@ class Effects:
                 fresh.append(k)
             elif record.state == DONE:
                 results[k] = decode_result(self.table, record, self.lease.job_id)
+                self._notify(hooks.REPLAYED, k, sem)
             else:  # STARTED and not done: the single-key path knows what to do
                 results[k] = self._existing(record, (fn, tuple(calls[k]), {}), sem, reconcile)
         for i in range(0, len(fresh), BATCH_CHUNK):
@@ -358,6 +373,7 @@ class Effects:
         self._persist(self._record_done, done, now)
         for k, _ in done:
             self._unknown.discard(k)
+            self._notify(hooks.SUCCEEDED, k, sem)
         if failure is not None:
             raise failure
 
