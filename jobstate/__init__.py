@@ -40,6 +40,7 @@ from .fanout import ChildView, cancel_tree, chain_ranges, rollup
 from .fxrecords import list_effects, mark_effect
 from .records import HistoryEntry, JobView, Page, Progress
 from .retry import RetryPolicy
+from .serdes import Serdes
 from .status import NOT_DONE, ClaimOutcome, JobStatus, Semantics, StepOutcome
 from .store import JobStore, Limits
 from .sweeper import SweepReport, sweep
@@ -86,6 +87,7 @@ __all__ = [
     "Progress",
     "RetryPolicy",
     "Semantics",
+    "Serdes",
     "StateNotSerializable",
     "StateTooLarge",
     "StepContext",

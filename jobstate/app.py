@@ -39,6 +39,9 @@ from .fanout import Spawned
 from .hooks import EffectHook
 from .lease import Lease
 from .retry import RetryPolicy
+from .serdes import JSON, Serdes, SerdesLike
+from .serdes import encode as encode_result
+from .serdes import resolve as resolve_serdes
 from .signals import Deferred, Suspend
 from .status import ClaimOutcome, JobStatus, StepOutcome
 from .store import JobStore, Limits
@@ -63,6 +66,7 @@ class JobSpec:
     limits: Limits
     retry: RetryPolicy
     history: bool = False
+    serdes: Serdes | None = None  # its effect and job results' (serdes.py); None: JSON
 
 
 @dataclass
@@ -141,9 +145,11 @@ class App:
         deadline: float | None = 7 * 24 * 3600.0,
         retry: RetryPolicy | None = None,
         history: bool = False,
+        serdes: SerdesLike | None = None,
     ) -> Callable[[StepFn], StepFn]:
         """Register a step function: `@app.job("name", max_steps=..., deadline=seconds)`."""
         codec.validate_job_type(name)
+        job_serdes = resolve_serdes(serdes, f"@app.job({name!r}) serdes")
         if name in self.specs:
             raise InvalidInput(f"job type {name!r} is registered twice.")
         policy = retry or RetryPolicy()
@@ -155,7 +161,7 @@ class App:
         def register(fn: StepFn) -> StepFn:
             if not callable(fn):
                 raise InvalidInput(f"@app.job({name!r}) must decorate a function.")
-            self.specs[name] = JobSpec(name, fn, limits, policy, history)
+            self.specs[name] = JobSpec(name, fn, limits, policy, history, job_serdes)
             return fn
 
         return register
@@ -328,7 +334,8 @@ class App:
             state = ctx.encoded_state()
             result_json = None
             if isinstance(returned, Completed):
-                result_json = codec.dumps(returned.result, "result")
+                result_json = encode_result(spec.serdes or JSON, returned.result,
+                                            f"result of job {lease.job_id!r}")
                 state.check(input_json=ctx.input_json, result=result_json)
         except Exception as exc:
             # Whatever stops the state from being encoded (a cipher denied by KMS, a value

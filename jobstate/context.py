@@ -11,7 +11,7 @@ from typing import Any
 import tenacity
 from tenacity.wait import wait_base
 
-from . import codec, fanout, redact, transitions
+from . import codec, fanout, redact, serdes, transitions
 from .completion import CompletionPolicy
 from .effects import Effects
 from .errors import InvalidInput, JobStateError
@@ -21,6 +21,7 @@ from .lease import Lease, State
 from .records import JobView, Progress
 from .retry import tenacity_delay_ms
 from .schema import INLINE_INPUT_BYTES
+from .serdes import SerdesLike
 from .signals import Suspend
 from .status import Semantics
 from .store import JobStore, Limits
@@ -76,10 +77,12 @@ class StepContext:
         self._store = store
         self._lease = lease
         self._budget = budget
+        self._specs: Mapping[str, Any] = specs or {}
+        self._serdes = serdes.for_job(self._specs, job.job_type)
         self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms,
-                                effect_hooks)
+                                effect_hooks, self._serdes)
         self.lambda_context = lambda_context
-        self._limits = {name: spec.limits for name, spec in (specs or {}).items()}
+        self._limits = {name: spec.limits for name, spec in self._specs.items()}
         self.job_id: str = job.job_id
         self.job_type: str = job.job_type
         self.step: int = lease.step
@@ -160,7 +163,7 @@ class StepContext:
 
     def complete(self, result: Any = None) -> Completed:
         """`return ctx.complete(result)` finishes the job successfully."""
-        codec.dumps(result, "result")
+        serdes.encode(self._serdes, result, f"result of job {self.job_id!r}")
         return Completed(result)
 
     def fail(self, reason: str) -> Failed:
@@ -247,10 +250,13 @@ class StepContext:
         *args: Any,
         semantics: Semantics = Semantics.AT_MOST_ONCE,
         reconcile: Callable[..., Any] | None = None,
+        serdes: SerdesLike | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Run the side effect `fn(*args, **kwargs)` once for this job under `key`."""
-        return self._effects.once(key, (fn, args, kwargs), semantics, reconcile)
+        """Run the side effect `fn(*args, **kwargs)` once for this job under `key`; its
+        result is stored with `serdes` (else the job type's, else JSON: serdes.py)."""
+        return self._effects.once(key, (fn, args, kwargs), semantics, reconcile,
+                                  _resolve(serdes))
 
     def once_batch(
         self,
@@ -259,9 +265,10 @@ class StepContext:
         *,
         semantics: Semantics = Semantics.AT_MOST_ONCE,
         reconcile: Callable[..., Any] | None = None,
+        serdes: SerdesLike | None = None,
     ) -> dict[str, Any]:
         """`fn(*args)` once per `key -> args`, in a few round trips per 100 keys."""
-        return self._effects.once_batch(calls, fn, semantics, reconcile)
+        return self._effects.once_batch(calls, fn, semantics, reconcile, _resolve(serdes))
 
     # -- fan-out ---------------------------------------------------------------------------
 
@@ -299,8 +306,11 @@ class StepContext:
                    on_child_failure=on_child_failure, completion=completion)
 
     def children(self) -> list[ChildView]:
-        """The children of this job that have finished, with status and result."""
-        return fanout.children(self._store, self.job_id)
+        """The children of this job that have finished, with status and result (read with
+        the child type's serdes)."""
+        child_serdes = serdes.for_job(self._specs, self._lease.job.child_type)
+        return fanout.children(self._store, self.job_id, loads=lambda text: serdes.decode(
+            child_serdes, text, f"result of a child of job {self.job_id!r}"))
 
     @property
     def completion_reason(self) -> str | None:
@@ -317,3 +327,7 @@ class StepContext:
     @property
     def store(self) -> JobStore:
         return self._store
+
+
+def _resolve(spec: SerdesLike | None) -> serdes.Serdes | None:
+    return serdes.resolve(spec, "ctx.once serdes")

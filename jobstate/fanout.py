@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,8 +263,8 @@ def _withdraw(store: JobStore, lease: Lease, spawned: Spawned) -> None:
                       "the cancelled spawn may start: `jobstate cancel` them")
 
 
-def children(store: JobStore, parent_id: str,
-             parent: JobView | None = None) -> list[ChildView]:
+def children(store: JobStore, parent_id: str, parent: JobView | None = None, *,
+             loads: Callable[[str | None], Any] = codec.loads) -> list[ChildView]:
     """Finished children of the job's latest spawn (their CHILD# links), in index order.
 
     Links of earlier spawns are left out. A child that was resumed and finished again
@@ -277,15 +277,16 @@ def children(store: JobStore, parent_id: str,
         parent = store.view(item, secrets=False) if item is not None else None
     ids = set(child_ids_of(parent)) if parent is not None else set()
     out = [ChildView(link.child_id, link.index, JobStatus(link.status),
-                     codec.loads(link.result), link.error)
+                     loads(link.result), link.error)
            for link in map(child_item, store.partition(parent_id, schema.CHILD_PREFIX))
            if link.child_id in ids]
-    out = _refresh_unsuccessful(store, out)
+    out = _refresh_unsuccessful(store, out, loads)
     out.sort(key=lambda c: (c.index if c.index is not None else 1 << 60, c.child_id))
     return out
 
 
-def _refresh_unsuccessful(store: JobStore, links: list[ChildView]) -> list[ChildView]:
+def _refresh_unsuccessful(store: JobStore, links: list[ChildView],
+                          loads: Callable[[str | None], Any]) -> list[ChildView]:
     stale = {c.child_id: c for c in links if c.status != JobStatus.SUCCEEDED}
     if not stale:
         return links  # the common case costs no read
@@ -294,7 +295,7 @@ def _refresh_unsuccessful(store: JobStore, links: list[ChildView]) -> list[Child
         if item.status.terminal and item.status != stale[item.job_id].status:
             view = store.view(item, secrets=False)
             now[item.job_id] = ChildView(item.job_id, stale[item.job_id].index, view.status,
-                                         view.result, view.error)
+                                         loads(item.result), view.error)
     return [now.get(c.child_id, c) for c in links]
 
 
