@@ -312,7 +312,7 @@ def failed_children(store: JobStore, lease: Lease) -> str | None:
     reason = _reason(job, kids)
     if job.tolerated is not None and reason != completion.FAILURE_TOLERANCE_EXCEEDED:
         return None  # within its tolerance (or min_successful reached)
-    first = failed[0]
+    first = next((c for c in failed if c.status == JobStatus.FAILED), failed[0])
     return (f"{len(failed)} of {job.children_total} children did not succeed ({reason}; "
             f"first: {first.child_id} {first.status.value}: {first.error}); spawn with "
             "on_child_failure='continue' to handle failed children in the next step.")
