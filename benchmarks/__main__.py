@@ -43,9 +43,9 @@ def _decide_writes(pol: dict[str, Any]) -> Summary:
         f"write requests the join that decides CompletionPolicy(min_successful="
         f"{pol['min_successful']}) costs over a counted join (a refused transaction, then "
         f"`decide`, {pol['deciding_items_written']:g} items besides the child's own); a join "
-        f"after the decision: {after['writes'] - counted['writes']:+g} (link only); per "
-        f"parent delivery after it: {resume['writes']:.3g} writes, {resume['reads']:.3g} "
-        "reads", fmt="{:g}")
+        f"after the decision: {after['writes'] - counted['writes']:+g} write, "
+        f"{after['reads'] - counted['reads']:+g} read (a link only); the parent's resume: "
+        f"{resume['writes']:.3g} writes, {resume['reads']:.3g} reads", fmt="{:g}")
 
 
 def _wru(u: dict[str, Any], pt: dict[str, Any]) -> str:

@@ -378,8 +378,8 @@ class App:
 
     def _finish(self, lease: Lease, context: Any, outcome: StepOutcome, detail: str,
                 state: Any, status: JobStatus, **kw: Any) -> StepReport:
-        protocol.finish(self.store, lease, state, status, **kw)
-        for event in joins.after_join(self.store, lease.job):
+        joined = protocol.finish(self.store, lease, state, status, **kw)
+        for event in joins.after_join(self.store, lease.job, joined):
             self._dispatch(event, context)
         return self._done(lease, outcome, detail, status)
 

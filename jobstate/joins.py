@@ -118,8 +118,18 @@ def relink_actions(join: Join) -> list[dict[str, Any]]:
                      **condition(lambda c: c.exists(schema.SK))}}]
 
 
+@dataclass(frozen=True)
+class Joined:
+    """What a child's final transaction did to its family: `counted` (the parent's pending
+    count moved: it may be ready now), `verdict` (this join decided the parent's completion
+    policy: it released no sibling)."""
+
+    counted: bool = False
+    verdict: str | None = None
+
+
 def transact_join(run: Callable[[list[dict[str, Any]]], Any], first: dict[str, Any],
-                  join: Join | None) -> str | None:
+                  join: Join | None) -> Joined:
     """Run the child's own terminal write `first` and its join as one transaction.
 
     When only part of the join is refused, the transaction is redone without that part
@@ -129,11 +139,11 @@ def transact_join(run: Callable[[list[dict[str, Any]]], Any], first: dict[str, A
     (expired and deleted) → no join; the parent's spawn is another or decided → the link
     only; the policy's count reaches its limit → the join decides (`decide`: the verdict,
     nothing pending, no sibling released); the released sibling is gone → release nothing.
-    Returns the verdict this join decided, if any. A refusal of `first` is the caller's.
+    Returns what the join did (`Joined`). A refusal of `first` is the caller's.
     """
     if join is None:
         run([first])
-        return None
+        return Joined()
     (parent, verdict), release, relinked = join.first(), join.release, False
     for _ in range(ROUNDS):
         if relinked:
@@ -144,7 +154,9 @@ def transact_join(run: Callable[[list[dict[str, Any]]], Any], first: dict[str, A
             actions = [join.link, parent, *([release] if release and not verdict else [])]
         try:
             run([first, *actions])
-            return None if relinked else verdict
+            if relinked or parent is None:
+                return Joined()
+            return Joined(counted=True, verdict=verdict)
         except TransactionRefused as refusal:
             refused = set(refusal.parts)
             if 0 in refused:
@@ -155,7 +167,7 @@ def transact_join(run: Callable[[list[dict[str, Any]]], Any], first: dict[str, A
                 old = refusal.parts[2]
                 if old is None:  # the parent is gone: no join
                     run([first])
-                    return None
+                    return Joined()
                 parent, verdict = join.parent_for(job_item(old))
             elif 3 in refused and release is not None:
                 release = None
@@ -166,12 +178,14 @@ def transact_join(run: Callable[[list[dict[str, Any]]], Any], first: dict[str, A
                       "finished: the sweeper runs the step again.", job_id=join.job.job_id)
 
 
-def after_join(table: Table, job: JobView) -> list[dict[str, Any]]:
-    """Events to send after a child's terminal commit: the released child, the parent."""
-    if not job.parent_id:
+def after_join(table: Table, job: JobView, joined: Joined | None = None) -> list[dict[str, Any]]:
+    """Events to send after a child's terminal commit: the released child, the parent.
+    With `joined`, only what the join changed (a join into a decided spawn, or a relink,
+    counted nothing: it sends nothing and reads nothing)."""
+    if not job.parent_id or (joined is not None and not joined.counted):
         return []
     events = []
-    if job.release_id:  # a sibling: same parent, same ancestors
+    if job.release_id and (joined is None or joined.verdict is None):  # same family
         events.append(step_event(job.release_id, 0, job.job_type, **routing(job)))
     parent = table.call(
         "get_item", Key=schema.job_key(job.parent_id), ConsistentRead=True,

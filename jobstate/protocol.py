@@ -150,7 +150,7 @@ def finish(
     error_type: str | None = None,
     advance: bool | None = None,
     attempt: int | None = None,
-) -> None:
+) -> joins.Joined:
     """The job's terminal write (fenced); a child joins its parent in the same transaction.
 
     A child that joined before (it was resumed and finished again) must not count twice:
@@ -161,17 +161,18 @@ def finish(
                                     error=error, error_type=error_type, advance=advance,
                                     attempt=attempt)
     join = joins.join_actions(table, lease.job, status.value, result_json, error)
+    joined = joins.Joined()
     if join is None:
         transitions.finish(table, lease, upd, status)
     else:
         first = transitions.action(table, schema.job_key(lease.job_id), upd)
-        verdict = joins.transact_join(
+        joined = joins.transact_join(
             lambda actions: transitions.fenced_transaction(table, lease, actions, "completion"),
             first, join)
-        if verdict is not None:
+        if joined.verdict is not None:
             observe.event("completion_decided", job_id=lease.job.parent_id,
-                          step=lease.job.parent_step, detail=f"{verdict} (decided by the join "
-                          f"of child {lease.job_id}, {status.value})")
+                          step=lease.job.parent_step, detail=f"{joined.verdict} (decided by "
+                          f"the join of child {lease.job_id}, {status.value})")
     if status == JobStatus.FAILED:
         # The job is FAILED already: a history item the store cannot take now must not
         # make this invocation fail before it joins and dispatches what follows.
@@ -180,6 +181,7 @@ def finish(
         except (ClientError, StoreUnavailable) as exc:
             observe.event("history_lost", logging.WARNING, job_id=lease.job_id,
                           step=lease.step, detail=f"{type(exc).__name__}: {exc}")
+    return joined
 
 
 def deadline_reason(job: JobView) -> str:
