@@ -53,6 +53,20 @@ def history_summaries(js: dict[str, Any]) -> list[Summary]:
                  f"{hist['writes']:.4g} writes)", fmt="{:.4f}")]
 
 
+def _decide_writes(pol: dict[str, Any]) -> Summary:
+    """Issue 19: what deciding a completion policy costs over an ordinary counted join."""
+    counted, decided = pol["counted_join"], pol["deciding_join"]
+    after, resume = pol["join_after_decision"], pol["parent_resume"]
+    return at_most(
+        "fanout.decide_writes", decided["writes"] - counted["writes"], 1,
+        f"write requests the join that decides CompletionPolicy(min_successful="
+        f"{pol['min_successful']}) costs over a counted join (a refused transaction, then "
+        f"`decide`, {pol['deciding_items_written']:g} items besides the child's own); a join "
+        f"after the decision: {after['writes'] - counted['writes']:+g} write, "
+        f"{after['reads'] - counted['reads']:+g} read (a link only); the parent's resume: "
+        f"{resume['writes']:.3g} writes, {resume['reads']:.3g} reads", fmt="{:g}")
+
+
 def _wru(u: dict[str, Any], pt: dict[str, Any]) -> str:
     if u["billed_wru"] is None:
         return "engine reports no capacity"
@@ -166,6 +180,7 @@ def summaries(results: dict[str, Any]) -> list[Summary]:
         at_most("fanout.writes_per_join", join["items_written"], 2,
                 f"items (CHILD link + parent count) inside the child's final transaction: "
                 f"+{join['writes']:g} requests, +{join['reads']:g} read"),
+        _decide_writes(js["policy"]),
     ]
     answer = js.get("callback_answer")
     if answer is not None:  # issue 18 (runs before it have no such unit)

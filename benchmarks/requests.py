@@ -43,6 +43,7 @@ from .engine import Engine, Meter, Snapshot
 
 BATCH = 25
 CHILDREN = 25
+POLICY_MIN = 2  # issue 19: the policy spawn is decided by its second success
 LONG_STEP_S = 60.0  # steps 60 s apart on the job's clock: each step takes 60 s
 SHORT_STEP_S = 0.05  # back-to-back: the next step is claimed as soon as this one committed
 TIMEOUT_S = 900.0  # template.yaml's WorkerTimeout default
@@ -153,6 +154,13 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
         ctx.cursor["done"] = ctx.step + 1
         return None
 
+    @app.job("bench-policy")
+    def bench_policy(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:  # issue 19: decided by the second success
+            ctx.spawn("bench-child", [{"i": i} for i in range(CHILDREN)],
+                      completion=jobstate.CompletionPolicy(min_successful=POLICY_MIN))
+        return ctx.complete({"reason": ctx.completion_reason})
+
     @app.job("bench-single")
     def bench_single(ctx: jobstate.StepContext) -> Any:
         return ctx.complete({"ok": True})
@@ -242,8 +250,33 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
         return snaps, sent / max(1, n)
 
     answer_snaps, answer_invokes = answers(5)
+
+    def policy_tree() -> dict[str, list[Snapshot]]:
+        """A spawn decided by a policy: the children counted before the decision, the one
+        whose join decided, those that finished after it, the parent's resume."""
+        app.start("bench-policy", {})
+        for e in cont.pop_all():
+            deliver(e)
+        seen: dict[str, list[Snapshot]] = {"counted": [], "decided": [], "after": [],
+                                           "resume": []}
+        def parent_events() -> int:
+            return sum(x["jobstate"]["job_type"] == "bench-policy" for x in cont.events)
+
+        while cont.events:
+            for e in cont.pop_all():
+                before = parent_events()
+                snap, _ = deliver(e)
+                if e["jobstate"]["job_type"] == "bench-policy":
+                    seen["resume"].append(snap)
+                elif parent_events() > before and not seen["decided"]:
+                    seen["decided"].append(snap)  # its join made the parent ready
+                else:
+                    seen["after" if seen["decided"] else "counted"].append(snap)
+        return seen
+
     tree()
     single, parent0, child_snaps, parent_resume = tree()
+    policy = policy_tree()
     child = Unit.of(child_snaps, cap, 0.0)
     alone = Unit.of(single, cap, 0.0)
     join = Unit(
@@ -274,6 +307,17 @@ def _jobstate(engine: Engine, steps: int) -> dict[str, Any]:
         "callback_answer": Unit.of(answer_snaps, cap, answer_invokes),
         "step_with_history": Unit.of(history_steps, cap, invokes),
         "children": CHILDREN,
+        "policy": {
+            "min_successful": POLICY_MIN,
+            "counted_join": Unit.of(policy["counted"], cap).to_dict(),
+            "deciding_join": Unit.of(policy["decided"], cap).to_dict(),
+            "join_after_decision": Unit.of(policy["after"], cap).to_dict(),
+            "parent_resume": Unit.of(policy["resume"], cap).to_dict(),
+            # items per transaction of the deciding child (its refused try and its decide),
+            # less its own item: what its join writes, as fanout.writes_per_join counts
+            "deciding_items_written": sum(s.txn_items for s in policy["decided"])
+            / max(1, sum(s.ops["TransactWriteItems"] for s in policy["decided"])) - 1,
+        },
     }
 
 

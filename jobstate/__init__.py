@@ -5,10 +5,11 @@ The names in `__all__` are the supported API; every other module is internal.
 
 from __future__ import annotations
 
-from .app import App, JobSpec, StepReport
+from .app import App
 from .callbacks import Callback, CallbackAnswer
 from .clock import Clock, ManualClock, SystemClock
 from .codec import Cipher, stable_id
+from .completion import CompletionPolicy
 from .context import Completed, Failed, PollTimedOut, StepContext, Wait
 from .continuation import Continuation, InMemoryContinuation, LambdaContinuation
 from .errors import (
@@ -44,6 +45,8 @@ from .fanout import ChildView, cancel_tree, chain_ranges, rollup
 from .fxrecords import list_effects, mark_effect
 from .records import HistoryEntry, JobView, Page, Progress
 from .retry import RetryPolicy
+from .serdes import Serdes
+from .spec import JobSpec, StepReport
 from .status import NOT_DONE, ClaimOutcome, JobStatus, Semantics, StepOutcome
 from .store import JobStore, Limits
 from .sweeper import SweepReport, sweep
@@ -64,6 +67,7 @@ __all__ = [
     "ClaimOutcome",
     "Clock",
     "Completed",
+    "CompletionPolicy",
     "ConfigurationError",
     "Continuation",
     "DispatchFailed",
@@ -95,6 +99,7 @@ __all__ = [
     "Progress",
     "RetryPolicy",
     "Semantics",
+    "Serdes",
     "StateNotSerializable",
     "StateTooLarge",
     "StepContext",

@@ -12,12 +12,12 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import callbacks as cbs
-from . import codec, fanout, faults, history, joins, observe, protocol, redact, transitions
+from . import codec, fanout, faults, history, hooks, joins, observe, protocol, redact, transitions
 from .callbacks import CallbackAnswer, CallbackWait
 from .clock import Clock
 from .context import Completed, Failed, StepContext, Wait
@@ -38,14 +38,18 @@ from .errors import (
 )
 from .events import EVENT_KEY, parse_event, routing, step_event
 from .fanout import Spawned
+from .hooks import EffectHook
 from .lease import Lease
 from .retry import RetryPolicy
+from .serdes import JSON, SerdesLike
+from .serdes import encode as encode_result
+from .serdes import resolve as resolve_serdes
 from .signals import Deferred, Suspend
+from .spec import JobSpec, StepFn, StepReport
 from .status import ClaimOutcome, JobStatus, StepOutcome
 from .store import JobStore, Limits
 from .timebudget import NO_ROOM, TimeBudget, no_room
 
-StepFn = Callable[[StepContext], Any]
 Hook = Callable[[str, dict[str, Any]], None]
 GUARD = "RunawayGuard"  # error_type of a job failed by max_steps or its deadline
 DEFAULT_TIMEOUT_MS = 900_000
@@ -53,36 +57,6 @@ Outcome = tuple["StepReport", int | None]  # the report, and a retry to serve in
 # Which invocation of its chain (Lambda's recursion count) the running step is: events it
 # dispatches are the next one. 0 outside a handler (a start from a script is hop 1).
 _HOP: contextvars.ContextVar[int] = contextvars.ContextVar("jobstate_hop", default=0)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """A registered job type: its step function, guards and retry policy."""
-
-    name: str
-    fn: StepFn
-    limits: Limits
-    retry: RetryPolicy
-    history: bool = False
-
-
-@dataclass
-class StepReport:
-    """What one delivery of a step event did; also the handler's return value."""
-
-    job_id: str
-    step: int
-    outcome: str
-    detail: str = ""
-    next_step: int | None = None
-    status: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"job_id": self.job_id, "step": self.step, "outcome": str(self.outcome),
-               "detail": self.detail, "next_step": self.next_step, "status": self.status}
-        out.update(self.extra)
-        return out
 
 
 class App:
@@ -100,6 +74,7 @@ class App:
         reconcile_guard_s: float = 30.0,
         logger: Any = None,
         emf: bool | None = None,
+        effect_hooks: Sequence[EffectHook] | None = None,
     ) -> None:
         self.store = store or JobStore(clock=clock)
         if clock is not None:
@@ -119,6 +94,8 @@ class App:
         self.reconcile_guard_ms = int(reconcile_guard_s * 1000)
         self.specs: dict[str, JobSpec] = {}
         self.hooks: list[Hook] = []
+        # Called on each effect's start, success, failure and replay (hooks.py).
+        self.effect_hooks: list[EffectHook] = hooks.validate(effect_hooks)
         # Log lines go to `logger` (stdlib or Powertools Logger; default the `jobstate`
         # logger); EMF metrics print when `emf` is true (None: only inside Lambda).
         self.logger = logger
@@ -139,9 +116,11 @@ class App:
         deadline: float | None = 7 * 24 * 3600.0,
         retry: RetryPolicy | None = None,
         history: bool = False,
+        serdes: SerdesLike | None = None,
     ) -> Callable[[StepFn], StepFn]:
         """Register a step function: `@app.job("name", max_steps=..., deadline=seconds)`."""
         codec.validate_job_type(name)
+        job_serdes = resolve_serdes(serdes, f"@app.job({name!r}) serdes")
         if name in self.specs:
             raise InvalidInput(f"job type {name!r} is registered twice.")
         policy = retry or RetryPolicy()
@@ -153,7 +132,7 @@ class App:
         def register(fn: StepFn) -> StepFn:
             if not callable(fn):
                 raise InvalidInput(f"@app.job({name!r}) must decorate a function.")
-            self.specs[name] = JobSpec(name, fn, limits, policy, history)
+            self.specs[name] = JobSpec(name, fn, limits, policy, history, job_serdes)
             return fn
 
         return register
@@ -288,6 +267,7 @@ class App:
             self._emit(StepReport(lease.job_id, lease.step, StepOutcome.TAKEOVER),
                        lease.job_type)
         trap = None if invocation_ms is None else no_room(invocation_ms, self.reserve_ms)
+        fanout.settle_decided(self.store, lease)  # a policy decided: the rest never run
         verdict = (trap or protocol.guard(lease.job, lease.step, self.clock.now_ms())
                    or fanout.failed_children(self.store, lease))
         if verdict is not None:
@@ -301,7 +281,8 @@ class App:
         budget = TimeBudget(lambda: deadline_ms - self.clock.now_ms(), self.clock.now_ms,
                             reserve_ms=self.reserve_ms)
         ctx = StepContext(self.store, lease, budget, lambda_context=context, specs=self.specs,
-                          reconcile_guard_ms=self.reconcile_guard_ms)
+                          reconcile_guard_ms=self.reconcile_guard_ms,
+                          effect_hooks=self.effect_hooks)
         self._emit(StepReport(lease.job_id, lease.step, StepOutcome.CLAIMED), lease.job_type)
         try:
             returned = spec.fn(ctx)
@@ -328,7 +309,8 @@ class App:
             state = ctx.encoded_state()
             result_json = None
             if isinstance(returned, Completed):
-                result_json = codec.dumps(returned.result, "result")
+                result_json = encode_result(spec.serdes or JSON, returned.result,
+                                            f"result of job {lease.job_id!r}")
                 state.check(input_json=ctx.input_json, result=result_json)
         except Exception as exc:
             # Whatever stops the state from being encoded (a cipher denied by KMS, a value
@@ -402,8 +384,8 @@ class App:
 
     def _finish(self, lease: Lease, context: Any, outcome: StepOutcome, detail: str,
                 state: Any, status: JobStatus, **kw: Any) -> StepReport:
-        protocol.finish(self.store, lease, state, status, **kw)
-        for event in joins.after_join(self.store, lease.job):
+        joined = protocol.finish(self.store, lease, state, status, **kw)
+        for event in joins.after_join(self.store, lease.job, joined):
             self._dispatch(event, context)
         return self._done(lease, outcome, detail, status)
 

@@ -11,15 +11,18 @@ from typing import Any
 import tenacity
 from tenacity.wait import wait_base
 
-from . import callbacks, codec, fanout, redact, transitions
+from . import callbacks, codec, fanout, redact, serdes, transitions
 from .callbacks import Callback
+from .completion import CompletionPolicy
 from .effects import Effects
 from .errors import InvalidInput, JobStateError
 from .fanout import ChildView
+from .hooks import EffectHook
 from .lease import Lease, State
 from .records import JobView, Progress
 from .retry import tenacity_delay_ms
 from .schema import INLINE_INPUT_BYTES
+from .serdes import SerdesLike
 from .signals import Suspend
 from .status import Semantics
 from .store import JobStore, Limits
@@ -69,14 +72,18 @@ class StepContext:
         logger: logging.LoggerAdapter[logging.Logger] | None = None,
         specs: Mapping[str, Any] | None = None,
         reconcile_guard_ms: int = 0,
+        effect_hooks: Sequence[EffectHook] = (),
     ) -> None:
         job = lease.job
         self._store = store
         self._lease = lease
         self._budget = budget
-        self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms)
+        self._specs: Mapping[str, Any] = specs or {}
+        self._serdes = serdes.for_job(self._specs, job.job_type)
+        self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms,
+                                effect_hooks, self._serdes)
         self.lambda_context = lambda_context
-        self._limits = {name: spec.limits for name, spec in (specs or {}).items()}
+        self._limits = {name: spec.limits for name, spec in self._specs.items()}
         self.job_id: str = job.job_id
         self.job_type: str = job.job_type
         self.step: int = lease.step
@@ -157,7 +164,7 @@ class StepContext:
 
     def complete(self, result: Any = None) -> Completed:
         """`return ctx.complete(result)` finishes the job successfully."""
-        codec.dumps(result, "result")
+        serdes.encode(self._serdes, result, f"result of job {self.job_id!r}")
         return Completed(result)
 
     def fail(self, reason: str) -> Failed:
@@ -244,10 +251,13 @@ class StepContext:
         *args: Any,
         semantics: Semantics = Semantics.AT_MOST_ONCE,
         reconcile: Callable[..., Any] | None = None,
+        serdes: SerdesLike | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Run the side effect `fn(*args, **kwargs)` once for this job under `key`."""
-        return self._effects.once(key, (fn, args, kwargs), semantics, reconcile)
+        """Run the side effect `fn(*args, **kwargs)` once for this job under `key`; its
+        result is stored with `serdes` (else the job type's, else JSON: serdes.py)."""
+        return self._effects.once(key, (fn, args, kwargs), semantics, reconcile,
+                                  _resolve(serdes))
 
     def once_batch(
         self,
@@ -256,9 +266,10 @@ class StepContext:
         *,
         semantics: Semantics = Semantics.AT_MOST_ONCE,
         reconcile: Callable[..., Any] | None = None,
+        serdes: SerdesLike | None = None,
     ) -> dict[str, Any]:
         """`fn(*args)` once per `key -> args`, in a few round trips per 100 keys."""
-        return self._effects.once_batch(calls, fn, semantics, reconcile)
+        return self._effects.once_batch(calls, fn, semantics, reconcile, _resolve(serdes))
 
     # -- callbacks (issue 18; docs/callbacks.md) -------------------------------------------
 
@@ -294,30 +305,43 @@ class StepContext:
         max_concurrency: int | None = None,
         child_ids: Sequence[str] | None = None,
         on_child_failure: str = "fail",
+        completion: CompletionPolicy | None = None,
     ) -> None:
-        """Start one child job per input and wait for all of them (the step ends here).
+        """Start one child job per input and wait for them (the step ends here).
 
         Children get deterministic ids (parent id + index), so a re-run spawn creates
-        nothing new. When all have finished, the next step runs; see `children()`.
+        nothing new. When all have finished, or `completion` decided the outcome (the
+        rest are then cancelled), the next step runs; see `children()` and
+        `completion_reason`.
         """
         fanout.spawn(self._store, self._lease, job_type, list(inputs),
                      limits=self._limits.get(job_type, Limits()),
                      max_concurrency=max_concurrency, child_ids=child_ids,
-                     on_child_failure=on_child_failure)
+                     on_child_failure=on_child_failure, completion_policy=completion)
 
     def spawn_chains(self, job_type: str, *, total: int, chains: int,
                      extra: Mapping[str, Any] | None = None,
                      max_concurrency: int | None = None,
-                     on_child_failure: str = "fail") -> None:
+                     on_child_failure: str = "fail",
+                     completion: CompletionPolicy | None = None) -> None:
         """Split [0, total) into `chains` contiguous ranges, one child job each."""
         inputs = [{"start": a, "end": b, **dict(extra or {})}
                   for a, b in fanout.chain_ranges(total, chains)]
         self.spawn(job_type, inputs, max_concurrency=max_concurrency,
-                   on_child_failure=on_child_failure)
+                   on_child_failure=on_child_failure, completion=completion)
 
     def children(self) -> list[ChildView]:
-        """The children of this job that have finished, with status and result."""
-        return fanout.children(self._store, self.job_id)
+        """The children of this job that have finished, with status and result (read with
+        the child type's serdes)."""
+        child_serdes = serdes.for_job(self._specs, self._lease.job.child_type)
+        return fanout.children(self._store, self.job_id, loads=lambda text: serdes.decode(
+            child_serdes, text, f"result of a child of job {self.job_id!r}"))
+
+    @property
+    def completion_reason(self) -> str | None:
+        """The latest spawn's verdict: MIN_SUCCESSFUL_REACHED, FAILURE_TOLERANCE_EXCEEDED
+        or ALL_COMPLETED (None: this job never spawned)."""
+        return fanout.completion_reason(self._store, self._lease.job)
 
     # -- internals for the runtime -------------------------------------------------------
 
@@ -328,3 +352,7 @@ class StepContext:
     @property
     def store(self) -> JobStore:
         return self._store
+
+
+def _resolve(spec: SerdesLike | None) -> serdes.Serdes | None:
+    return serdes.resolve(spec, "ctx.once serdes")

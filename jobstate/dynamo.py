@@ -7,6 +7,7 @@ carries the item the condition saw (ReturnValuesOnConditionCheckFailure=ALL_OLD)
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,3 +238,8 @@ def condition(build: Callable[[Update], str]) -> dict[str, Any]:
     upd = Update()
     upd.where(build(upd))
     return upd.kwargs()
+
+
+def request_token() -> str:
+    """An idempotency token for a transaction resent by this process."""
+    return uuid.uuid4().hex

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import codec, faults, observe, schema
+from . import codec, faults, hooks, observe, schema
 from .dynamo import Refused, TransactionRefused
 from .errors import (
     EffectNotDone,
@@ -43,6 +43,7 @@ from .fxrecords import (
 )
 from .items import EffectItem, effect_item
 from .lease import Lease
+from .serdes import JSON, Serdes
 from .signals import Deferred
 from .status import NOT_DONE, Semantics
 from .table import Table
@@ -84,19 +85,34 @@ class Effects:
     lease: Lease
     time_left_ms: Callable[[], int] = field(default=lambda: 10_000)
     reconcile_guard_ms: int = 0
+    effect_hooks: Sequence[hooks.EffectHook] = ()
+    serdes: Serdes = JSON  # the job type's (serdes.py); a call may choose its own per key
     # Keys whose `fn` is running right now (a nested `once` with the same key is a bug),
     # and keys whose `fn` was called in this step but not recorded DONE (it raised, or the
     # DONE write failed): their outcome is unknown, like a crash's, so a second `once` of
     # the key in this step must not take the STARTED record for its own fresh put.
     _running: set[str] = field(default_factory=set)
     _unknown: set[str] = field(default_factory=set)
+    _serdes_of: dict[str, Serdes] = field(default_factory=dict)
 
     def _key(self, key: str) -> dict[str, Any]:
         return schema.effect_key(self.lease.job_id, key)
 
+    def _notify(self, event: str, key: str, sem: Semantics, **extra: Any) -> None:
+        if self.effect_hooks:
+            lease = self.lease
+            hooks.notify(self.effect_hooks, event, {
+                "job_id": lease.job_id, "job_type": lease.job_type, "step": lease.step,
+                "key": key, "attempt": lease.job.attempt + 1, "semantics": sem.value, **extra})
+
+    def _sd(self, key: str) -> Serdes:
+        return self._serdes_of.get(key, self.serdes)
+
     def once(self, key: str, call: Call, semantics: Semantics,
-             reconcile: Callable[..., Any] | None) -> Any:
+             reconcile: Callable[..., Any] | None, serdes: Serdes | None = None) -> Any:
         validate_key(key)
+        if serdes is not None:
+            self._serdes_of[key] = serdes
         sem = Semantics(semantics)
         if key in self._running:
             raise InvalidInput(
@@ -132,7 +148,9 @@ class Effects:
     def _existing(self, old: EffectItem, call: Call, sem: Semantics,
                   reconcile: Callable[..., Any] | None) -> Any:
         if old.state == DONE:
-            return decode_result(self.table, old, self.lease.job_id)
+            value = decode_result(self.table, old, self.lease.job_id, self._sd(old.key))
+            self._notify(hooks.REPLAYED, old.key, sem)
+            return value
         key, owner = old.key, old.owner
         # STARTED by another owner (it died mid-effect, or its fn raised), or by this one
         # earlier in the step when fn raised: it may or may not have happened.
@@ -153,9 +171,11 @@ class Effects:
             _, args, kwargs = call
             outcome = reconcile(*args, **kwargs)
             if outcome is not NOT_DONE:
-                result_json = encode_result(self.table, outcome, key, job_id=self.lease.job_id)
+                result_json = encode_result(self.table, outcome, key, job_id=self.lease.job_id,
+                                            serdes=self._sd(key))
                 self._persist(self._write_done, key, result_json, owner)
                 self._unknown.discard(key)
+                self._notify(hooks.SUCCEEDED, key, sem, reconciled=True)
                 return outcome
         if owner != self.lease.owner:
             self._take_over(key, owner)
@@ -200,9 +220,11 @@ class Effects:
         self._running.add(key)
         self._unknown.add(key)  # until DONE is recorded
         fn, args, kwargs = call
+        self._notify(hooks.STARTED, key, sem)
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
+            self._notify(hooks.FAILED, key, sem, error=type(exc).__name__)
             if sem == Semantics.AT_LEAST_ONCE or isinstance(exc, EffectNotDone):
                 self._settle(key, self._forget, key)  # not done (or allowed again)
             else:
@@ -218,6 +240,7 @@ class Effects:
         result_json = self._encode(key, result)
         self._persist(self._write_done, key, result_json, self.lease.owner)
         self._unknown.discard(key)
+        self._notify(hooks.SUCCEEDED, key, sem)
         return result
 
     def _encode(self, key: str, result: Any) -> str:
@@ -225,7 +248,8 @@ class Effects:
         happened, its result is unknown here): never DONE with a result it did not give."""
         for attempt in range(1, ENCODE_ATTEMPTS + 1):
             try:
-                return encode_result(self.table, result, key, job_id=self.lease.job_id)
+                return encode_result(self.table, result, key, job_id=self.lease.job_id,
+                                     serdes=self._sd(key))
             except JobStateError as exc:  # not JSON, too large: no retry can fix it
                 self._settle(key, self._mark_unknown, key, exc, NOT_STORED)
                 raise
@@ -297,7 +321,8 @@ class Effects:
     # -- batches --------------------------------------------------------------------------
 
     def once_batch(self, calls: Mapping[str, Sequence[Any]], fn: Callable[..., Any],
-                   semantics: Semantics, reconcile: Callable[..., Any] | None) -> dict[str, Any]:
+                   semantics: Semantics, reconcile: Callable[..., Any] | None,
+                   serdes: Serdes | None = None) -> dict[str, Any]:
         """Run `fn(*calls[key])` once per key, in about 3 round trips per 25 keys.
 
         Keys are started, run and recorded `BATCH_CHUNK` at a time, so a crash leaves at
@@ -306,6 +331,8 @@ class Effects:
         keys = [validate_key(k) for k in calls]
         if len(set(keys)) != len(keys):
             raise InvalidInput("once_batch keys must be distinct.")
+        if serdes is not None:
+            self._serdes_of.update(dict.fromkeys(keys, serdes))
         sem = Semantics(semantics)
         for k in keys:
             if k in self._running:
@@ -319,7 +346,8 @@ class Effects:
             if record is None:
                 fresh.append(k)
             elif record.state == DONE:
-                results[k] = decode_result(self.table, record, self.lease.job_id)
+                results[k] = decode_result(self.table, record, self.lease.job_id, self._sd(k))
+                self._notify(hooks.REPLAYED, k, sem)
             else:  # STARTED and not done: the single-key path knows what to do
                 results[k] = self._existing(record, (fn, tuple(calls[k]), {}), sem, reconcile)
         for i in range(0, len(fresh), BATCH_CHUNK):
@@ -358,6 +386,7 @@ class Effects:
         self._persist(self._record_done, done, now)
         for k, _ in done:
             self._unknown.discard(k)
+            self._notify(hooks.SUCCEEDED, k, sem)
         if failure is not None:
             raise failure
 

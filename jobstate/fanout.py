@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from . import codec, observe, schema, transitions
+from . import codec, completion, observe, schema, transitions
+from .completion import CompletionPolicy
 from .dynamo import TRANSACTION_CANCELLED, Item, Refused, TransactionRefused, error_code
 from .errors import InvalidInput, JobCancelled, JobConflict, JobFinished, JobNotFound
 from .events import MAX_DEPTH, step_event
@@ -38,6 +39,7 @@ from .store import JobStore, Limits
 POLICIES = ("fail", "continue")
 MAX_CHILDREN = 100_000
 PUT_ROUNDS = 3  # each round puts again the children a refused transaction did not meet
+NO_BOUNDS = completion.Thresholds(None, None)
 
 
 def chain_ranges(total: int, chains: int) -> list[tuple[int, int]]:
@@ -68,6 +70,7 @@ class Spawned:
     start_events: list[dict[str, Any]] = field(default_factory=list)
     custom_ids: list[str] | None = None
     reason: str = "children"
+    thresholds: completion.Thresholds = NO_BOUNDS
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,14 @@ class ChildView:
 
 def spawn(store: JobStore, lease: Lease, job_type: str, inputs: list[Any], *,
           limits: Limits, max_concurrency: int | None, child_ids: Sequence[str] | None,
-          on_child_failure: str) -> None:
+          on_child_failure: str, completion_policy: CompletionPolicy | None = None) -> None:
     """Create the children (idempotently) and end the step waiting for them."""
     codec.validate_job_type(job_type)
     if on_child_failure not in POLICIES:
         raise InvalidInput(f"on_child_failure must be one of {POLICIES}, got "
                            f"{on_child_failure!r}")
     n = len(inputs)
+    bounds = completion.thresholds(completion_policy, n, on_child_failure)
     if n == 0:
         return
     if n > MAX_CHILDREN:
@@ -116,12 +120,17 @@ def spawn(store: JobStore, lease: Lease, job_type: str, inputs: list[Any], *,
     # Children of a paused type (or below a paused ancestor) are created held.
     held_by = store.pauses.holder([*ancestors, job_type])
     items, inputs_items = [], []
+    # What each child's join counts down on the parent (its policy's counters).
+    counted = ("s" if bounds.min_successful is not None else "") + (
+        "f" if bounds.tolerated is not None else "")
     for i, (cid, inp) in enumerate(zip(ids, inputs, strict=True)):
         extra: dict[str, Any] = {J.PARENT_ID: lease.job_id, J.CHILD_INDEX: i,
                                  J.PARENT_TYPE: lease.job_type, J.ANCESTORS: ancestors_json,
                                  J.PARENT_STEP: lease.step}
         if i + k < n:
             extra[J.RELEASE_ID] = ids[i + k]
+        if counted:
+            extra[J.COUNTED] = counted
         new = store.new_job_item(job_type, inp, cid, limits, runnable_now=i < k,
                                  paused_by=held_by, extra=extra)
         items.append(new.item)
@@ -140,7 +149,7 @@ def spawn(store: JobStore, lease: Lease, job_type: str, inputs: list[Any], *,
     route = {"parent_type": lease.job_type, "ancestors": ancestors}
     events = [step_event(ids[i], 0, job_type, **route) for i in range(min(k, n))]
     raise Suspend(Spawned(job_type, n, max_concurrency, on_child_failure, events,
-                          ids if child_ids is not None else None))
+                          ids if child_ids is not None else None, thresholds=bounds))
 
 
 def _put_all_if_absent(store: JobStore, items: list[Item], parent_id: str,
@@ -213,7 +222,9 @@ def commit_spawn(store: JobStore, lease: Lease, state: State,
             store, lease, state, count=spawned.count, child_type=spawned.job_type,
             policy=spawned.policy, max_concurrency=spawned.max_concurrency,
             child_ids_json=None if spawned.custom_ids is None
-            else codec.dumps(spawned.custom_ids, "child_ids"))
+            else codec.dumps(spawned.custom_ids, "child_ids"),
+            min_successful=spawned.thresholds.min_successful,
+            tolerated=spawned.thresholds.tolerated)
     except JobCancelled:
         _withdraw(store, lease, spawned)
         raise
@@ -252,8 +263,8 @@ def _withdraw(store: JobStore, lease: Lease, spawned: Spawned) -> None:
                       "the cancelled spawn may start: `jobstate cancel` them")
 
 
-def children(store: JobStore, parent_id: str,
-             parent: JobView | None = None) -> list[ChildView]:
+def children(store: JobStore, parent_id: str, parent: JobView | None = None, *,
+             loads: Callable[[str | None], Any] = codec.loads) -> list[ChildView]:
     """Finished children of the job's latest spawn (their CHILD# links), in index order.
 
     Links of earlier spawns are left out. A child that was resumed and finished again
@@ -266,15 +277,16 @@ def children(store: JobStore, parent_id: str,
         parent = store.view(item, secrets=False) if item is not None else None
     ids = set(child_ids_of(parent)) if parent is not None else set()
     out = [ChildView(link.child_id, link.index, JobStatus(link.status),
-                     codec.loads(link.result), link.error)
+                     loads(link.result), link.error)
            for link in map(child_item, store.partition(parent_id, schema.CHILD_PREFIX))
            if link.child_id in ids]
-    out = _refresh_unsuccessful(store, out)
+    out = _refresh_unsuccessful(store, out, loads)
     out.sort(key=lambda c: (c.index if c.index is not None else 1 << 60, c.child_id))
     return out
 
 
-def _refresh_unsuccessful(store: JobStore, links: list[ChildView]) -> list[ChildView]:
+def _refresh_unsuccessful(store: JobStore, links: list[ChildView],
+                          loads: Callable[[str | None], Any]) -> list[ChildView]:
     stale = {c.child_id: c for c in links if c.status != JobStatus.SUCCEEDED}
     if not stale:
         return links  # the common case costs no read
@@ -283,22 +295,65 @@ def _refresh_unsuccessful(store: JobStore, links: list[ChildView]) -> list[Child
         if item.status.terminal and item.status != stale[item.job_id].status:
             view = store.view(item, secrets=False)
             now[item.job_id] = ChildView(item.job_id, stale[item.job_id].index, view.status,
-                                         view.result, view.error)
+                                         loads(item.result), view.error)
     return [now.get(c.child_id, c) for c in links]
 
 
 def failed_children(store: JobStore, lease: Lease) -> str | None:
-    """On the step after a spawn: a 'fail' policy fails the parent if a child failed."""
+    """On the step after a spawn: a 'fail' policy fails the parent if a child failed
+    beyond the spawn's tolerance (none, unless its completion policy tolerates some)."""
     job = lease.job
     if job.spawn_step is None or lease.step != job.spawn_step + 1 or job.child_policy != "fail":
         return None
-    failed = [c for c in children(store, job.job_id, job) if c.status != JobStatus.SUCCEEDED]
+    kids = children(store, job.job_id, job)
+    failed = [c for c in kids if c.status != JobStatus.SUCCEEDED]
     if not failed:
         return None
-    first = failed[0]
-    return (f"{len(failed)} of {job.children_total} children did not succeed (first: "
-            f"{first.child_id} {first.status.value}: {first.error}); spawn with "
+    reason = _reason(job, kids)
+    if job.tolerated is not None and reason != completion.FAILURE_TOLERANCE_EXCEEDED:
+        return None  # within its tolerance (or min_successful reached)
+    first = next((c for c in failed if c.status == JobStatus.FAILED), failed[0])
+    return (f"{len(failed)} of {job.children_total} children did not succeed ({reason}; "
+            f"first: {first.child_id} {first.status.value}: {first.error}); spawn with "
             "on_child_failure='continue' to handle failed children in the next step.")
+
+
+def completion_reason(store: JobStore, job: JobView) -> str | None:
+    """The latest spawn's verdict (completion.REASONS): decided by a join before every
+    child finished, or else from the children's outcomes (None: no spawn)."""
+    if job.spawn_step is None:
+        return None
+    return job.completion_reason or _reason(job, children(store, job.job_id, job))
+
+
+def _reason(job: JobView, kids: list[ChildView]) -> str:
+    if job.completion_reason is not None:
+        return job.completion_reason
+    ok = sum(c.status == JobStatus.SUCCEEDED for c in kids)
+    return completion.final_reason(ok, len(kids) - ok,
+                                   completion.Thresholds(job.min_successful, job.tolerated))
+
+
+def settle_decided(store: JobStore, lease: Lease) -> int:
+    """On the step after a spawn its policy decided early: cancel the children that have
+    not finished (queued ones never start; running ones stop at their next step). Each
+    cancel joins as CANCELLED, as a link only (the spawn is decided), so `children()`
+    reports it. Idempotent (a re-run of the step cancels nothing twice). Returns how many."""
+    job = lease.job
+    if (job.completion_reason is None or job.spawn_step is None
+            or lease.step != job.spawn_step + 1):
+        return 0
+    done = {c.child_id for c in children(store, job.job_id, job)}
+    count = 0
+    for cid in child_ids_of(job):
+        if cid not in done:
+            with contextlib.suppress(JobFinished, JobNotFound):  # finished meanwhile
+                count += cancel_tree(store, cid, f"parent {job.job_id} decided "
+                                     f"{job.completion_reason} at step {job.spawn_step}")
+    if count:
+        observe.event("children_cancelled", job_id=job.job_id, step=lease.step,
+                      detail=f"{count} unfinished children of a decided spawn")
+    return count
 
 
 def rollup(store: JobStore, parent: JobView) -> Progress:

@@ -16,6 +16,7 @@ from .errors import InvalidInput, JobNotFound, StateTooLarge
 from .items import EffectItem, effect_item
 from .lease import Lease
 from .schema import FX
+from .serdes import JSON, Serdes, decode, encode
 from .status import Semantics
 from .table import EFFECT_RESULT, Table
 
@@ -70,10 +71,12 @@ def absent() -> dict[str, Any]:
     return condition(lambda c: c.absent(schema.PK))
 
 
-def encode_result(table: Table, value: Any, key: str, *, job_id: str) -> str:
-    """The stored form of an effect's result: JSON, encrypted if the store has a cipher
-    (bound to the job when the cipher takes a context)."""
-    text = codec.dumps(value, f"result of effect {key!r}")
+def encode_result(table: Table, value: Any, key: str, *, job_id: str,
+                  serdes: Serdes = JSON) -> str:
+    """The stored form of an effect's result: JSON (or `serdes`' text, serdes.py),
+    encrypted if the store has a cipher (bound to the job when the cipher takes a
+    context)."""
+    text = encode(serdes, value, f"result of effect {key!r} of job {job_id!r}")
     if table.cipher is not None and value is not None:
         text = table.seal(text, job_id=job_id, kind=EFFECT_RESULT)
     if codec.size_of(text) > RESULT_BUDGET_BYTES:
@@ -85,12 +88,13 @@ def encode_result(table: Table, value: Any, key: str, *, job_id: str) -> str:
     return text
 
 
-def decode_result(table: Table, record: EffectItem, job_id: str) -> Any:
+def decode_result(table: Table, record: EffectItem, job_id: str,
+                  serdes: Serdes = JSON) -> Any:
     text = record.result
     if text:
         text = table.decrypt(text, what=f"an effect result of job {job_id!r}", job_id=job_id,
                              kind=EFFECT_RESULT)
-    return codec.loads(text)
+    return decode(serdes, text, f"result of effect {record.key!r} of job {job_id!r}")
 
 
 def done_update(lease: Lease, result_json: str, now: int, expect_owner: str) -> Update:

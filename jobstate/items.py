@@ -77,6 +77,12 @@ class JobItem:
     child_type: str | None = None
     child_policy: str | None = None
     child_ids: str | None = None
+    children_ok: int | None = None
+    children_failed: int | None = None
+    min_successful: int | None = None
+    tolerated: int | None = None
+    verdict: str | None = None
+    counted: str | None = None
     result: str | None = None
     error: str | None = None
     error_type: str | None = None

@@ -150,7 +150,7 @@ def finish(
     error_type: str | None = None,
     advance: bool | None = None,
     attempt: int | None = None,
-) -> None:
+) -> joins.Joined:
     """The job's terminal write (fenced); a child joins its parent in the same transaction.
 
     A child that joined before (it was resumed and finished again) must not count twice:
@@ -160,14 +160,19 @@ def finish(
     upd = transitions.finish_update(table, lease, state, status, result_json=result_json,
                                     error=error, error_type=error_type, advance=advance,
                                     attempt=attempt)
-    parts = joins.join_actions(table, lease.job, status.value, result_json, error)
-    if not parts:
+    join = joins.join_actions(table, lease.job, status.value, result_json, error)
+    joined = joins.Joined()
+    if join is None:
         transitions.finish(table, lease, upd, status)
     else:
         first = transitions.action(table, schema.job_key(lease.job_id), upd)
-        joins.transact_join(
+        joined = joins.transact_join(
             lambda actions: transitions.fenced_transaction(table, lease, actions, "completion"),
-            first, parts)
+            first, join)
+        if joined.verdict is not None:
+            observe.event("completion_decided", job_id=lease.job.parent_id,
+                          step=lease.job.parent_step, detail=f"{joined.verdict} (decided by "
+                          f"the join of child {lease.job_id}, {status.value})")
     if status == JobStatus.FAILED:
         # The job is FAILED already: a history item the store cannot take now must not
         # make this invocation fail before it joins and dispatches what follows.
@@ -176,6 +181,7 @@ def finish(
         except (ClientError, StoreUnavailable) as exc:
             observe.event("history_lost", logging.WARNING, job_id=lease.job_id,
                           step=lease.step, detail=f"{type(exc).__name__}: {exc}")
+    return joined
 
 
 def deadline_reason(job: JobView) -> str:

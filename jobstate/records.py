@@ -70,6 +70,11 @@ class JobView:
     child_type: str | None = None
     child_policy: str | None = None
     child_ids: list[str] | None = None
+    parent_step: int | None = None
+    min_successful: int | None = None  # the latest spawn's completion policy (completion.py)
+    tolerated: int | None = None
+    completion_reason: str | None = None  # decided before every child finished
+    counted: str | None = None  # a child's: the outcomes its join counts ("s", "f")
     paused_by: str | None = None  # the job type whose pause holds this job (its or an ancestor's)
     # The job's recent steps, encoded (history.py); read them with `store.history(job_id)`.
     recent: str | None = field(default=None, repr=False)
@@ -221,6 +226,8 @@ def job_view(item: JobItem, tokens: dict[str, Any], input: Any = INLINE, *,
         parent_type=item.parent_type, ancestors=ancestors_of(item),
         spawn_step=item.spawn_step, child_type=item.child_type,
         child_policy=item.child_policy, child_ids=codec.loads(item.child_ids),
+        parent_step=item.parent_step, min_successful=item.min_successful,
+        tolerated=item.tolerated, completion_reason=item.verdict, counted=item.counted,
         paused_by=item.paused_by, recent=item.recent,
     )
 

@@ -57,6 +57,8 @@ class J:
     PARENT_ID, CHILD_INDEX, RELEASE_ID, PARENT_STEP = "pi", "ci", "ri", "ps"
     PARENT_TYPE, ANCESTORS = "pt", "an"
     SPAWN_STEP, CHILD_TYPE, CHILD_POLICY, CHILD_IDS = "ss", "cy", "cp", "cd"
+    CHILDREN_OK, CHILDREN_FAILED, MIN_SUCCESSFUL, TOLERATED = "ko", "kf", "km", "kt"
+    VERDICT, COUNTED = "kv", "kc"  # a policy's decision; on a child: what its join counts
     RESULT, ERROR, ERROR_TYPE = "rs", "er", "et"
     CREATED, UPDATED, STATUS_AT = "ca", "ua", "sa"
     INVOCATIONS, TAKEOVERS, RETRIES, RUN_MS = "iv", "tv", "rt", "rm"

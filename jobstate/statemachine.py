@@ -46,7 +46,12 @@ TRANSITIONS = (
     Transition("pause-mark", "status PENDING/RUNNING/WAITING, not paused", "=", "=", "=",
                "="),
     Transition("unpause", "paused by this type, listed as read", "=", "=", "=", "="),
-    Transition("join", "the parent exists", "=", "=", "=", "="),
+    Transition("join", "the parent exists; its step <= the child's spawn step, or that spawn "
+               "is committed and undecided; a policy's counter above its limit", "=", "=",
+               "=", "="),
+    Transition("decide", "a join, the parent WAITING on the child's committed spawn, no "
+               "verdict yet, the policy's counter at its limit (sets the verdict, nothing "
+               "pending)", "=", "=", "=", "="),
     Transition("release-sibling", "the sibling exists", "=", "=", "=", "="),
     Transition("withdraw", "PENDING, no lease, this parent's spawn at step N; the parent "
                "CANCELLED at step N under the spawner's lease", "deleted", "-", "-", "-"),

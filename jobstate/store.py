@@ -314,7 +314,7 @@ class JobStore(Table):
             except Refused as refusal:
                 return self._cancel_refused(job_id, refusal.old)
         parts = joins.join_actions(self, self.view(item, secrets=False), "CANCELLED", None,
-                                   reason) or []
+                                   reason)
         first = transitions.action(self, schema.job_key(job_id),
                                    transitions.cancel_update(self, item.job_type, reason))
         try:

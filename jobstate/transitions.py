@@ -12,13 +12,13 @@ or is recognised as this invocation's own write resent after its answer was lost
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from . import history, schema
 from .dynamo import Item, Refused, TransactionRefused, Update, condition
+from .dynamo import request_token as request_token  # re-exported: effects, callbacks
 from .errors import JobCancelled, LeaseLost
 from .history import history_item
 from .items import JobItem, job_item
@@ -313,18 +313,20 @@ def finish(table: Table, lease: Lease, upd: Update, status: JobStatus) -> None:
 
 
 def spawn(table: Table, lease: Lease, state: State, *, count: int, child_type: str,
-          policy: str, max_concurrency: int | None, child_ids_json: str | None) -> int:
-    """Step N ends WAITING on `count` children (ADDed, so one that joined first still
-    counts); the job stays in the sweeper's ACTIVE bucket (its last child's join makes it
-    ready). Returns the pending count after the write."""
+          policy: str, max_concurrency: int | None, child_ids_json: str | None,
+          min_successful: int | None = None, tolerated: int | None = None) -> int:
+    """Step N ends WAITING on `count` children (ADDed: one that joined first still counts),
+    in the ACTIVE bucket; a policy's counters start. Returns the pending count after."""
     now = table.clock.now_ms()
     upd = _fresh_attempts(_ran(_unleased(_state(_fenced(lease, now), state)), lease, now),
                           lease)
     (upd.set(J.STATUS, JobStatus.WAITING.value).set(J.WAIT_REASON, "children")
      .set(J.CHILDREN_TOTAL, count).set(J.SPAWN_STEP, lease.step).set(J.CHILD_TYPE, child_type)
-     .set(J.CHILD_POLICY, policy).add(J.PENDING, count))
-    # Both describe the latest spawn only: an earlier spawn's must not stay behind.
+     .set(J.CHILD_POLICY, policy).add(J.PENDING, count).remove(J.VERDICT))
+    # All describe the latest spawn only: an earlier spawn's must not stay behind.
     upd.set_opt(J.MAX_CONCURRENCY, max_concurrency).set_opt(J.CHILD_IDS, child_ids_json)
+    upd.set_opt(J.CHILDREN_OK, min_successful).set_opt(J.MIN_SUCCESSFUL, min_successful)
+    upd.set_opt(J.CHILDREN_FAILED, tolerated).set_opt(J.TOLERATED, tolerated)
     upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(lease.step + 1)}")
     _record(table, lease, upd, "spawned", now)
     attrs = _apply(table, lease, upd, "spawn commit", returns="UPDATED_NEW")
@@ -448,32 +450,41 @@ def _bucket_key(job: JobItem, bucket: str) -> str:
 # -- fan-out -------------------------------------------------------------------------------------
 
 
-def join_action(table: Table, parent_id: str) -> dict[str, Any]:
-    """In a child's final transaction: one child fewer pending (the parent's last write is
-    now, so the sweeper sends its next step if the last child's dispatch is lost)."""
-    upd = Update().add(J.PENDING, -1).set(J.UPDATED, table.clock.now_ms())
+def join_action(table: Table, parent_id: str, *, spawn_step: int | None = None,
+                counter: str | None = None, verdict: str | None = None) -> dict[str, Any]:
+    """A child's join (joins.py); `decide` (`verdict`): its `counter` reaches the limit."""
+    upd = Update().set(J.UPDATED, table.clock.now_ms())
+    if spawn_step is None:
+        upd.add(J.PENDING, -1)
+    elif verdict is not None:  # once, into the committed spawn; nothing stays pending
+        upd.set(J.PENDING, 0).set(J.VERDICT, verdict).where(
+            upd.eq(J.SPAWN_STEP, spawn_step), upd.absent(J.VERDICT),
+            upd.eq(J.STATUS, JobStatus.WAITING.value))
+    else:  # this spawn (committed or not yet), undecided
+        live = f"{upd.eq(J.SPAWN_STEP, spawn_step)} AND {upd.absent(J.VERDICT)}"
+        upd.add(J.PENDING, -1).where(f"{upd.n(J.STEP)} <= {upd.v(spawn_step)} OR ({live})")
+    if counter is not None:
+        limit = upd.v(1 if counter == J.CHILDREN_OK else 0)
+        upd.add(counter, -1).where(f"{upd.n(counter)} {'<=' if verdict else '>'} {limit}")
     return action(table, schema.job_key(parent_id), _job(upd))
 
 
 def release_sibling_action(table: Table, sibling_id: str) -> dict[str, Any]:
     """In a child's final transaction: the queued sibling takes its concurrency slot."""
-    upd = (Update().set(J.NOT_BEFORE, 0).set(J.UPDATED, table.clock.now_ms())
-           .remove(J.WAIT_REASON))
+    upd = Update().set(J.NOT_BEFORE, 0).set(J.UPDATED, table.clock.now_ms()).remove(J.WAIT_REASON)
     return action(table, schema.job_key(sibling_id), _job(upd))
 
 
 def withdraw_check(table: Table, lease: Lease) -> dict[str, Any]:
     """Only the step that spawned may withdraw, while the parent is cancelled there."""
-    return {"ConditionCheck": {
-        "TableName": table.table_name, "Key": schema.job_key(lease.job_id),
-        **condition(lambda c: f"{c.eq(J.OWNER, lease.owner)} AND {c.eq(J.STEP, lease.step)} "
-                              f"AND {c.eq(J.STATUS, JobStatus.CANCELLED.value)}")}}
+    return {"ConditionCheck": {"TableName": table.table_name, "Key": schema.job_key(lease.job_id),
+            **condition(lambda c: f"{c.eq(J.OWNER, lease.owner)} AND {c.eq(J.STEP, lease.step)}"
+                                  f" AND {c.eq(J.STATUS, JobStatus.CANCELLED.value)}")}}
 
 
 def withdraw_action(table: Table, lease: Lease, child_id: str) -> dict[str, Any]:
     """Delete a child of this spawn that nothing has touched (never counted, never run)."""
-    return {"Delete": {
-        "TableName": table.table_name, "Key": schema.job_key(child_id),
+    return {"Delete": {"TableName": table.table_name, "Key": schema.job_key(child_id),
         **condition(lambda c: f"{c.eq(J.STATUS, JobStatus.PENDING.value)} AND "
                               f"{c.absent(J.OWNER)} AND {c.eq(J.PARENT_ID, lease.job_id)} "
                               f"AND {c.eq(J.PARENT_STEP, lease.step)}")}}
@@ -503,8 +514,3 @@ def sweep_wake(table: Table, job: JobItem, now: int) -> JobItem:
         upd.set(J.SWEPT_AT, now).add(J.SWEEPS, 1).add(J.REDISPATCHES, 1)
     upd.where(upd.eq(J.STEP, job.step), upd.eq(J.DUE, job.due_at or 0))
     return job_item(table.update(schema.job_key(job.job_id), upd, returns="ALL_NEW"))
-
-
-def request_token() -> str:
-    """An idempotency token for a transaction resent by this process."""
-    return uuid.uuid4().hex

@@ -31,7 +31,8 @@ ISSUE_17 = ("step.wru", "step.wru_long", "step.reads", "step.rru_long", "step.wr
             "cost.usd_per_million_long_steps", "cost.sweeper_usd_per_million_steps",
             "cost.sweeper_usd_per_million_long_steps", "fanout.writes_per_join")
 REQUIRED = (*ISSUE_17, "step.writes", "effect.writes", "batched_effect.round_trips",
-            "invocation.utilisation", "invocation.timeouts")
+            "invocation.utilisation", "invocation.timeouts",
+            "fanout.decide_writes")  # issue 19: what deciding a completion policy writes
 
 
 # -- cost -----------------------------------------------------------------------------------
@@ -463,3 +464,20 @@ def test_cost_model_counts_steps_and_meters_the_sweeper_apart(bench_engine: Engi
     assert r["total"]["lambda_requests"] == pytest.approx((36 + 2) / 36)
     if bench_engine.capacity:
         assert r["steps"]["wru"] >= 1 and r["sweeper"]["rru"] > 0
+
+
+def test_decide_writes_is_the_deciding_joins_extra_writes_judged_against_one() -> None:
+    # Issue 19: what deciding a completion policy costs over an ordinary counted join.
+    doc = _reference()
+    pol = doc["requests"]["jobstate"]["policy"]
+    assert _lines(doc)["fanout.decide_writes"].value == (
+        pol["deciding_join"]["writes"] - pol["counted_join"]["writes"])
+    pol["counted_join"]["writes"] = 2.0
+    pol["deciding_join"]["writes"] = 3.0
+    assert (_lines(doc)["fanout.decide_writes"].value, _lines(doc)["fanout.decide_writes"].ok) == (
+        1.0, True)
+    pol["deciding_join"]["writes"] = 4.0
+    assert _lines(doc)["fanout.decide_writes"].ok is False
+    del doc["requests"]["jobstate"]["policy"]
+    with pytest.raises(KeyError):  # the figure cannot go missing without a failure
+        summaries(doc)

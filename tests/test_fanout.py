@@ -553,8 +553,8 @@ def test_a_resumed_child_that_succeeds_counts_as_succeeded(app, cont, store, clo
 
     @app.job("par")
     def par(ctx: jobstate.StepContext) -> Any:
-        if ctx.step == 0:
-            ctx.spawn("kid", [0, 1])
+        if ctx.step == 0:  # 'continue': a failed child does not decide the spawn (fail-fast)
+            ctx.spawn("kid", [0, 1], on_child_failure="continue")
         return ctx.complete([c.result for c in ctx.children()])
 
     @app.job("kid", max_attempts=1)
@@ -588,8 +588,8 @@ def test_a_resumed_child_that_succeeds_counts_as_succeeded(app, cont, store, clo
 def test_a_resumed_child_that_is_cancelled_rewrites_its_link(app, cont, store, clock):
     @app.job("par2")
     def par2(ctx: jobstate.StepContext) -> Any:
-        if ctx.step == 0:
-            ctx.spawn("kid2", [0, 1])
+        if ctx.step == 0:  # 'continue': a failed child does not decide the spawn (fail-fast)
+            ctx.spawn("kid2", [0, 1], on_child_failure="continue")
         return ctx.complete(None)
 
     @app.job("kid2", max_attempts=1)

@@ -190,6 +190,23 @@ def _join(store: jobstate.JobStore) -> None:
     store.transact([transitions.join_action(store, "t")])
 
 
+def _spawned_with_policy(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
+    lease = claimed(store)
+    transitions.spawn(store, lease, state(store, lease), count=2, child_type="kind",
+                      policy="fail", max_concurrency=None, child_ids_json=None, tolerated=0)
+    return "t", item(store)
+
+
+@scenario("decide", _spawned_with_policy)
+def _decide(store: jobstate.JobStore) -> None:
+    store.transact([transitions.join_action(
+        store, "t", spawn_step=0, counter=schema.J.CHILDREN_FAILED,
+        verdict=jobstate.completion.FAILURE_TOLERANCE_EXCEEDED)])
+    decided = item(store)
+    assert decided is not None and decided.verdict == "FAILURE_TOLERANCE_EXCEEDED"
+    assert decided.pending == 0 and decided.children_failed == -1
+
+
 def _queued(store: jobstate.JobStore) -> tuple[str, JobItem | None]:
     new = store.new_job_item("kind", None, "t", jobstate.Limits(), runnable_now=False)
     transitions.create(store, new.item)
