@@ -41,8 +41,9 @@ from .fanout import Spawned
 from .hooks import EffectHook
 from .lease import Lease
 from .retry import RetryPolicy
-from .serdes import JSON, SerdesLike
+from .serdes import JSON, Serdes, SerdesLike
 from .serdes import encode as encode_result
+from .serdes import for_job as serdes_for
 from .serdes import resolve as resolve_serdes
 from .signals import Deferred, Suspend
 from .spec import JobSpec, StepFn, StepReport
@@ -367,7 +368,17 @@ class App:
 
     def complete_callback(self, token: str, result: Any = None) -> CallbackAnswer:
         """Record callback `token`'s success and send the waiting step now."""
-        return self._woke(cbs.complete(self.store, token, result, dispatching=True))
+        return self._woke(cbs.complete(self.store, token, result, dispatching=True,
+                                       serdes=self._callback_serdes(token)))
+
+    def _callback_serdes(self, token: str) -> Serdes:
+        """The serdes of the job type waiting on `token` (one read, only when some job type
+        of this App has a serdes of its own)."""
+        if not any(spec.serdes is not None for spec in self.specs.values()):
+            return JSON
+        job_id, name, _ = cbs.parse_token(token)
+        item = cbs.read(self.store, job_id, name)
+        return serdes_for(self.specs, item.job_type if item is not None else None)
 
     def fail_callback(self, token: str, error: str) -> CallbackAnswer:
         """Record callback `token`'s failure and send the waiting step now."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cbtransitions, codec, history, observe, schema
+from . import serdes as serdes_mod
 from .dynamo import Refused, Update, av, condition
 from .errors import (
     CallbackClosed,
@@ -139,8 +140,11 @@ def _seconds(what: str, value: object, *, optional: bool = False) -> int | None:
     return max(1, math.ceil(value * 1000))
 
 
-def result_json(result: Any) -> str:
-    text = codec.dumps(result, "callback result")
+def result_json(result: Any, serdes: serdes_mod.Serdes = serdes_mod.JSON) -> str:
+    """The stored text of an answer's result, by the job type's `serdes` (JSON unless
+    `App.job(..., serdes=)` set one; a `JobStore` answer, which knows no job types, is
+    JSON)."""
+    text = serdes_mod.encode(serdes, result, "callback result")
     if codec.size_of(text) > MAX_RESULT_BYTES:
         raise InvalidInput(
             f"a callback result is at most {MAX_RESULT_BYTES} bytes of JSON, this one is "
@@ -165,7 +169,9 @@ class Callback:
     """A callback of the running step's job (`ctx.callback`): hand `token` to the sender,
     then `result()` returns its answer or ends the step waiting for it."""
 
-    def __init__(self, table: Table, lease: Lease, item: CallbackItem, token: str) -> None:
+    def __init__(self, table: Table, lease: Lease, item: CallbackItem, token: str,
+                 serdes: serdes_mod.Serdes = serdes_mod.JSON) -> None:
+        self._serdes = serdes
         self._table = table
         self._lease = lease
         self._item = item
@@ -200,12 +206,13 @@ class Callback:
         self._item = item
         if item.state == OPEN:
             raise Suspend(CallbackWait(item.due(), self.name))
-        return outcome(item)
+        return outcome(item, self._serdes)
 
 
-def outcome(item: CallbackItem) -> Any:
+def outcome(item: CallbackItem, serdes: serdes_mod.Serdes = serdes_mod.JSON) -> Any:
     if item.state == SUCCEEDED:
-        return codec.loads(item.result or "null")
+        return serdes_mod.decode(serdes, item.result or "null",
+                                 f"result of callback {item.name!r}")
     if item.state == FAILED:
         raise CallbackFailed(f"callback {item.name!r} of job {item.job_id!r} failed: "
                              f"{item.error}", job_id=item.job_id, name=item.name,
@@ -236,7 +243,8 @@ def _time_out(table: Table, item: CallbackItem, now: int) -> CallbackItem:
 
 def open_callback(table: Table, lease: Lease, tokens: MutableMapping[str, Any], name: str,
                   *, timeout_s: float, heartbeat_s: float | None,
-                  checkpoint: Callable[[], None]) -> Callback:
+                  checkpoint: Callable[[], None],
+                  serdes: serdes_mod.Serdes = serdes_mod.JSON) -> Callback:
     """The job's callback `name`, created on first use (durable: a re-run step gets the
     same record and token). A new token is checkpointed with the job's tokens before its
     record is written, so a token handed out is never lost with the step."""
@@ -260,7 +268,7 @@ def open_callback(table: Table, lease: Lease, tokens: MutableMapping[str, Any], 
         tokens[TOKENS_KEY] = {**(held or {}), name: token}
         checkpoint()
     if found is not None and not found.expired(table.clock.now_ms()):
-        return Callback(table, lease, found, token)
+        return Callback(table, lease, found, token, serdes)
     item = _new_item(table, lease, name, token, timeout_ms, heartbeat_ms)
     limit = (table.clock.now_ms() - 1) // 1000
     try:
@@ -271,7 +279,7 @@ def open_callback(table: Table, lease: Lease, tokens: MutableMapping[str, Any], 
         if raw is None or callback_item(raw).secret_hash != item[CB.SECRET_HASH]["S"]:
             raise
         item = raw
-    return Callback(table, lease, callback_item(item), token)
+    return Callback(table, lease, callback_item(item), token, serdes)
 
 
 def _new_item(table: Table, lease: Lease, name: str, token: str, timeout_ms: int,
@@ -303,9 +311,10 @@ def after_wait(table: Table, job_id: str, name: str) -> bool:
 
 
 def complete(table: Table, token: object, result: Any = None, *,
-             dispatching: bool = False) -> CallbackAnswer:
+             dispatching: bool = False,
+             serdes: serdes_mod.Serdes = serdes_mod.JSON) -> CallbackAnswer:
     """Record a success (first answer wins; the same answer again is a no-op)."""
-    text = result_json(result)
+    text = result_json(result, serdes)
     return _answer(table, token, SUCCEEDED, text, dispatching)
 
 

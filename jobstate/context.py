@@ -280,7 +280,7 @@ class StepContext:
         the step waiting for it. Creating one checkpoints the step's state."""
         return callbacks.open_callback(self._store, self._lease, self.tokens, name,
                                        timeout_s=timeout_s, heartbeat_s=heartbeat_s,
-                                       checkpoint=self.checkpoint)
+                                       checkpoint=self.checkpoint, serdes=self._serdes)
 
     def wait_for_callback(self, name: str, submit: Callable[[str], Any], *, timeout_s: float,
                           heartbeat_s: float | None = None,

@@ -164,3 +164,29 @@ def test_for_job_picks_the_call_then_the_job_type_then_json() -> None:
     assert serdes.for_job({}, None) is serdes.JSON
     value = Price(Decimal("0.1"), dt.date(2026, 2, 3))
     assert serdes.decode(Spec.serdes, serdes.encode(Spec.serdes, value, "x"), "x") == value
+
+
+def test_a_callback_result_is_sent_and_read_with_the_job_types_serdes(
+        store: jobstate.JobStore, cont: jobstate.InMemoryContinuation) -> None:
+    app = jobstate.App(store, cont)
+    tokens: list[str] = []
+    got: list[Any] = []
+
+    @app.job("quoted", serdes=PriceSerdes())
+    def quoted(ctx: jobstate.StepContext) -> Any:
+        got.append(ctx.wait_for_callback("quote", tokens.append, timeout_s=600))
+        return ctx.complete(None)
+
+    app.start("quoted", None, job_id="q")
+    drain(app, cont)
+    price = Price(Decimal("9.99"), dt.date(2026, 12, 6))
+    app.complete_callback(tokens[0], price)  # encoded with the waiting job type's serdes
+    drain(app, cont)
+    assert got == [price] and isinstance(got[0].amount, Decimal)
+    assert store.get("q").status is JobStatus.SUCCEEDED
+    # A value the serdes cannot encode is refused before anything is written.
+    app.start("quoted", None, job_id="q2")
+    drain(app, cont)
+    with pytest.raises(jobstate.StateNotSerializable, match="callback result"):
+        app.complete_callback(tokens[1], {1, 2})
+    assert store.get("q2").status is JobStatus.WAITING
