@@ -21,6 +21,7 @@ import math
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -250,23 +251,21 @@ def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
     floor, indexed = Floor(engine, size), Floor(engine, size, like=store)
     fl_timer, ix_timer = RequestTimer(floor.client), RequestTimer(indexed.client)
 
-    def step_floor() -> float:
-        fl_timer.spent = 0.0
-        began = time.perf_counter()
-        floor.step()
-        took = (time.perf_counter() - began) * 1000
-        fl_req.append(fl_timer.spent * 1000)
-        return took
-
     ix_req: list[float] = []
 
-    def step_indexed_floor() -> float:
-        ix_timer.spent = 0.0
-        began = time.perf_counter()
-        indexed.step()
-        took = (time.perf_counter() - began) * 1000
-        ix_req.append(ix_timer.spent * 1000)
-        return took
+    def floor_arm(two_writes: Floor, timer: RequestTimer, req: list[float]
+                  ) -> Callable[[], float]:
+        def step() -> float:
+            timer.spent = 0.0
+            began = time.perf_counter()
+            two_writes.step()
+            took = (time.perf_counter() - began) * 1000
+            req.append(timer.spent * 1000)
+            return took
+        return step
+
+    step_floor = floor_arm(floor, fl_timer, fl_req)
+    step_indexed_floor = floor_arm(indexed, ix_timer, ix_req)
 
     arms = {"jobstate": step_jobstate, "powertools": step_powertools, "floor": step_floor,
             "floor_indexed": step_indexed_floor}
