@@ -104,6 +104,28 @@ def test_the_children_grid_lists_each_child_with_its_status(
     assert [c["display_status"] for c in grid["children"]] == ["PENDING", "FAILED", "PENDING"]
 
 
+def test_the_list_shows_a_parents_progress_rolled_up_from_its_children(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation) -> None:
+    @app.job("sum")
+    def total(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            return ctx.spawn_chains("part", total=10, chains=2)
+        return ctx.complete(None)
+
+    @app.job("part")
+    def part(ctx: jobstate.StepContext) -> Any:
+        ctx.progress(done=ctx.input["end"] - ctx.input["start"], total=5, unit="rows")
+        return ctx.complete(None)
+
+    jid = app.start("sum", {})
+    app.handler(cont.pop_all()[0])  # the spawn
+    app.handler(cont.pop_all()[0])  # one chain of two is done
+    status, page = Console(app.store, "x").answer("GET", "/jobs", {"type": "sum"}, None)
+    row = next(j for j in page["jobs"] if j["job_id"] == jid)
+    assert status == 200 and row["progress"]["done"] == 0  # its own: nothing
+    assert row["rollup"]["done"] == 5  # what the page shows: the finished chain's rows
+
+
 # -- the page in a real browser ----------------------------------------------------------------
 
 

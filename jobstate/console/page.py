@@ -153,7 +153,7 @@ async function refreshJobs() {
                          "data-job-id": j.job_id, "data-status": status},
       el("td", {}, j.job_id), el("td", {}, j.job_type),
       el("td", {}, el("span", {class: "st " + status}, status)),
-      el("td", {}, String(j.step)), el("td", {}, bar(j.progress)),
+      el("td", {}, String(j.step)), el("td", {}, bar(j.rollup || j.progress)),
       el("td", {}, when(j.updated_at)));
     tr.addEventListener("click", () => { selected = j.job_id; refresh(); });
     body.append(tr);

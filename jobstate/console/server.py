@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import InvalidInput, JobFinished, JobNotFound, StoreUnavailable
 from ..fanout import cancel_tree, rollup
+from ..records import JobView
 from ..store import JobStore, validate_reason
 from . import data
 from .page import PAGE
@@ -54,7 +55,7 @@ class Console:
             page = self.store.list(query.get("type") or None, query.get("status") or None,
                                    limit=min(100, int(query.get("limit") or 50)),
                                    next_token=query.get("next_token") or None)
-            return 200, {"jobs": [j.to_dict() for j in page.jobs],
+            return 200, {"jobs": [self._row(j) for j in page.jobs],
                          "next_token": page.next_token}
         if method == "GET" and parts == ["paused"]:
             return 200, {"paused": [{"job_type": c.job_type, "reason": c.reason,
@@ -65,6 +66,14 @@ class Console:
         if len(parts) >= 2 and parts[0] == "jobs":
             return self._job(method, parts[1], parts[2] if len(parts) == 3 else "", body)
         return 404, {"error": f"no route {'/'.join(parts)!r:.100}"}
+
+    def _row(self, view: JobView) -> dict[str, Any]:
+        """A listed job; a parent's progress rolled up from its children, as its detail
+        shows it (a parent's own progress stays 0 while its children work)."""
+        out = view.to_dict()
+        if view.children_total:
+            out["rollup"] = rollup(self.store, view).to_dict()
+        return out
 
     def _job(self, method: str, job_id: str, what: str, body: Any) -> Answer:
         reason = _reason(body)
