@@ -29,7 +29,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import cbtransitions, codec, history, observe, schema
+from . import codec, history, observe, schema
 from . import serdes as serdes_mod
 from .dynamo import Refused, Update, av, condition
 from .errors import (
@@ -45,6 +45,7 @@ from .lease import Lease
 from .schema import CB
 from .signals import Suspend
 from .table import Table
+from .transitions import callbacks as cbtransitions
 
 OPEN, SUCCEEDED, FAILED, TIMED_OUT = "OPEN", "SUCCEEDED", "FAILED", "TIMED_OUT"
 TOKENS_KEY = "__jobstate_callbacks__"  # in ctx.tokens: name -> token

@@ -2,7 +2,7 @@
 
 Claim is one conditional write returning the record (no read); when it is refused, the
 record as it was says why (`ClaimOutcome`). Finishing joins a child's parent in the same
-transaction as the child's terminal write. The writes themselves are transitions.py's.
+transaction as the child's terminal write. The writes themselves are the transitions package's.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The job record's state machine as a table: each named transition, its fence and its effect.
 
-`transitions.py` implements each row; docs/concepts.md shows `table_markdown()`, and
+`jobstate.transitions` implements each row; docs/concepts.md shows `table_markdown()`, and
 tests/test_transitions.py drives every row against a table to prove the two agree.
 """
 

@@ -1,6 +1,6 @@
 """JobStore: the public face of the table — reads, listings, and the operator's actions
 (create, cancel, resume, pause). Every write to a job item is a transition
-(transitions.py); the pause switch lives in pause.py.
+(the transitions package); the pause switch lives in pause.py.
 """
 
 from __future__ import annotations

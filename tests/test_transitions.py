@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 import jobstate
-from jobstate import cbtransitions, schema, statemachine, transitions
+from jobstate import schema, statemachine, transitions
 from jobstate.items import CallbackItem, JobItem, job_item
 from jobstate.lease import Lease, State, new_owner
 from jobstate.status import JobStatus
+from jobstate.transitions import callbacks as cbtransitions
 
 pytestmark = pytest.mark.integration
 

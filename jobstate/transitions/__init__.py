@@ -16,17 +16,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from . import history, schema
-from .dynamo import Item, Refused, TransactionRefused, Update, condition
-from .dynamo import request_token as request_token  # re-exported: effects, callbacks
-from .errors import JobCancelled, LeaseLost
-from .history import history_item
-from .items import JobItem, job_item
-from .lease import Lease, State
-from .newjob import QUEUED_UNTIL  # noqa: F401  (fan-out reads it here)
-from .schema import J
-from .status import RUNNABLE, JobStatus
-from .table import Table
+from .. import history, schema
+from ..dynamo import Item, Refused, TransactionRefused, Update, condition
+from ..dynamo import request_token as request_token  # re-exported: effects, callbacks
+from ..errors import JobCancelled, LeaseLost
+from ..history import history_item
+from ..items import JobItem, job_item
+from ..lease import Lease, State
+from ..newjob import QUEUED_UNTIL  # noqa: F401  (fan-out reads it here)
+from ..schema import J
+from ..status import RUNNABLE, JobStatus
+from ..table import Table
 
 ERROR_CHARS = 4000
 

@@ -2,20 +2,20 @@
 its wake pushed back by a heartbeat.
 
 These are rows of the job record's state machine (`statemachine.TRANSITIONS`) like those
-of transitions.py, kept here because that module is at its size limit; no other module
-builds a write to a job item (tests/test_architecture.py names both). Neither is fenced by
+of the package's main module, kept apart so each stays small; nothing outside this
+package builds a write to a job item (tests/test_architecture.py checks). Neither is fenced by
 a lease: a callback's answer comes from outside any step, so each is fenced by what the
 waiting step left on the job instead: WAITING, `wait_reason = callback:<name>`.
 """
 
 from __future__ import annotations
 
-from . import schema
-from .dynamo import Refused, Update
-from .items import CallbackItem, JobItem, job_item
-from .schema import J
-from .status import JobStatus
-from .table import Table
+from .. import schema
+from ..dynamo import Refused, Update
+from ..items import CallbackItem, JobItem, job_item
+from ..schema import J
+from ..status import JobStatus
+from ..table import Table
 
 REASON_PREFIX = "callback:"
 
