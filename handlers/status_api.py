@@ -353,6 +353,22 @@ class StatusApi:
             raise caller.refuse("read", f"jobs of type {view.child_type!r}")
         return response(200, console_data.children_json(self.store, view))
 
+    def job_for(self, caller: Caller, action: str, job_id: str) -> jobstate.JobView:
+        """The job `caller` may act on with `action` (a write): refused before any read
+        without that grant for some type; a job it may neither act on nor read is a 404
+        (its existence is not revealed); one it may only read, a 403."""
+        if not caller.may_any(action):
+            raise caller.refuse(action)  # before any read
+        try:
+            view = self.store.get(job_id)
+        except jobstate.JobNotFound:
+            raise not_found(job_id) from None
+        if not (caller.may(action, view.job_type) or caller.may("read", view.job_type)):
+            raise not_found(job_id)
+        if not caller.may(action, view.job_type):
+            raise caller.refuse(action, f"jobs of type {view.job_type!r}")
+        return view
+
     def redrive_job(self, caller: Caller, job_id: str, query: Mapping[str, str],
                     body: Any) -> dict[str, Any]:
         body = body if isinstance(body, Mapping) else {}
@@ -362,16 +378,7 @@ class StatusApi:
         step = body.get("from_step")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise HttpError(400, "from_step must be an integer step number")
-        if not caller.may_any("redrive"):
-            raise caller.refuse("redrive")  # before any read
-        try:
-            view = self.store.get(job_id)
-        except jobstate.JobNotFound:
-            raise not_found(job_id) from None
-        if not (caller.may("redrive", view.job_type) or caller.may("read", view.job_type)):
-            raise not_found(job_id)
-        if not caller.may("redrive", view.job_type):
-            raise caller.refuse("redrive", f"jobs of type {view.job_type!r}")
+        self.job_for(caller, "redrive", job_id)  # authorised before anything is written
         done = self.store.redrive(job_id, from_step=step, by=caller.arn, reason=reason[:500])
         return response(200, {"job": job_json(self.store, done, caller, rollup=False)})
 
@@ -431,16 +438,7 @@ class StatusApi:
             if not isinstance(body["reason"], str) or not body["reason"].strip():
                 raise HttpError(400, "reason must be a non-empty string")
             reason = body["reason"][:500]
-        if not caller.may_any("cancel"):
-            raise caller.refuse("cancel")  # before any read
-        try:
-            view = self.store.get(job_id)
-        except jobstate.JobNotFound:
-            raise not_found(job_id) from None
-        if not (caller.may("cancel", view.job_type) or caller.may("read", view.job_type)):
-            raise not_found(job_id)
-        if not caller.may("cancel", view.job_type):
-            raise caller.refuse("cancel", f"jobs of type {view.job_type!r}")
+        view = self.job_for(caller, "cancel", job_id)
         if view.status.terminal and view.status is not jobstate.JobStatus.CANCELLED:
             raise HttpError(409, f"job {job_id!r} already {view.status.value}; there is "
                                  "nothing to cancel", status=view.status.value)

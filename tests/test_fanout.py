@@ -459,8 +459,11 @@ def register_tree(app: jobstate.App, ran: list[str]) -> None:
         return ctx.complete("leaf")
 
 
-def test_pausing_the_root_type_pauses_grandchildren_and_resuming_wakes_them(
-        make_store, cont, clock):
+def tree_with_a_leaf_sent(make_store: Any, cont: jobstate.InMemoryContinuation,
+                          clock: jobstate.ManualClock
+                          ) -> tuple[jobstate.JobStore, jobstate.App, list[str], Any, Any]:
+    """root -> mid -> leaf, run until the leaf's first step event is sent (not run):
+    the store, the app, the leaves that ran, the invocation context, the leaf's event."""
     store = make_store(pause_cache_s=0)
     app = jobstate.App(store, cont)
     ran: list[str] = []
@@ -469,8 +472,14 @@ def test_pausing_the_root_type_pauses_grandchildren_and_resuming_wakes_them(
     ctx = FakeLambdaContext(clock)
     app.handler(cont.pop_all()[0], ctx)  # root spawns mid
     app.handler(cont.pop_all()[0], ctx)  # mid spawns leaf
-    store.set_paused("root", True)
     [leaf_event] = cont.pop_all()
+    return store, app, ran, ctx, leaf_event
+
+
+def test_pausing_the_root_type_pauses_grandchildren_and_resuming_wakes_them(
+        make_store, cont, clock):
+    store, app, ran, ctx, leaf_event = tree_with_a_leaf_sent(make_store, cont, clock)
+    store.set_paused("root", True)
     assert leaf_event["jobstate"]["ancestors"] == ["root", "mid"]
     assert app.handler(leaf_event, ctx)["outcome"] == "paused" and ran == []
     clock.advance(600)
@@ -756,15 +765,7 @@ def test_cancelling_a_child_whose_parent_is_gone_cancels_it(app, cont, store, cl
 
 def test_resuming_the_root_type_leaves_a_descendant_whose_own_type_is_still_paused_held(
         make_store, cont, clock):
-    store = make_store(pause_cache_s=0)
-    app = jobstate.App(store, cont)
-    ran: list[str] = []
-    register_tree(app, ran)
-    app.start("root", None, job_id="r")
-    ctx = FakeLambdaContext(clock)
-    app.handler(cont.pop_all()[0], ctx)  # root spawns mid
-    app.handler(cont.pop_all()[0], ctx)  # mid spawns leaf
-    [leaf_event] = cont.pop_all()
+    store, app, ran, ctx, leaf_event = tree_with_a_leaf_sent(make_store, cont, clock)
     store.set_paused("root", True)  # holds root, mid and the leaf
     store.set_paused("leaf", True)  # the leaf is held already (by root)
     store.set_paused("root", False)
