@@ -366,6 +366,20 @@ class JobMachine(RuleBasedStateMachine):
             self.frozen.append(ctl)
             STATS[f"frozen:{point}"] += 1
 
+    @rule(i=st.integers(0, 99), point=st.sampled_from(CRASH_AT))
+    def hang(self, i: int, point: str) -> None:
+        """A container hangs at `point` until Lambda kills it at its timeout: what it wrote
+        before `point` stays, nothing after it is written, and its lease runs out. (A
+        frozen delivery is also killed when time passes its deadline later; this makes
+        that case one rule, so it cannot be left to chance.)"""
+        if not self.pending or len(self.frozen) >= MAX_FROZEN:
+            return
+        e = self.pending.pop(i % len(self.pending))
+        before = len(self.frozen)
+        self.freeze(e, point)
+        if len(self.frozen) > before:
+            self.time_passes(TIMEOUT_MS // 1000 + 1)
+
     @rule(i=st.integers(0, 99), point=st.sampled_from(RACE_POINTS),
           wait_s=st.sampled_from([1, 30, 59]))
     def race(self, i: int, point: str, wait_s: int) -> None:
