@@ -29,9 +29,9 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec, history, observe, schema
+from . import codec, faults, history, observe, schema
 from . import serdes as serdes_mod
-from .dynamo import Refused, Update, av, condition
+from .dynamo import Item, Refused, Update, av, condition
 from .errors import (
     CallbackClosed,
     CallbackFailed,
@@ -337,7 +337,8 @@ def heartbeat(table: Table, token: object) -> CallbackAnswer:
     try:
         raw = table.update(schema.callback_key(job_id, name), upd, returns="ALL_NEW")
     except Refused as refusal:
-        err = _refused(table, refusal, digest, job_id, name, "heartbeat", None)
+        err = _refused(_as_seen(table, refusal, job_id, name), digest, job_id, name,
+                       "heartbeat", None)
         assert err is not None  # a heartbeat is never "the same answer again"
         raise err from None
     item = callback_item(raw)
@@ -359,18 +360,44 @@ def _answer(table: Table, token: object, state: str, payload: str,
     upd = Update().set(CB.STATE, state).set(CB.ANSWERED_AT, now)
     upd.set(CB.RESULT if state == SUCCEEDED else CB.ERROR, payload)
     _open_with(upd, digest, now)
+    repeated = False
     try:
         raw = table.update(schema.callback_key(job_id, name), upd, returns="ALL_NEW")
     except Refused as refusal:
-        err = _refused(table, refusal, digest, job_id, name, state, payload)
-        if err is None:
-            return CallbackAnswer(job_id, name, repeated=True)
-        raise err from None
-    woken = cbtransitions.callback_wake(table, callback_item(raw), dispatching=dispatching)
-    _note(table, job_id, name, state, woken)
+        old = _as_seen(table, refusal, job_id, name)
+        err = _refused(old, digest, job_id, name, state, payload)
+        if err is not None or old is None:
+            raise (err or _not_found(job_id, name)) from None
+        raw, repeated = old, True
+    # A resent answer does the rest again: a sender that died between recording the answer
+    # and waking the job (or noting it) finishes the job on its retry. Both are idempotent:
+    # the wake is fenced on the job waiting on this callback, the note's key is the answer's.
+    cb = callback_item(raw)
+    faults.point("callback_answered", job_id=job_id, callback=name)
+    woken = cbtransitions.callback_wake(table, cb, dispatching=dispatching)
+    faults.point("callback_woken", job_id=job_id, callback=name)
+    _note(table, cb, woken)
     if woken is None:
-        return CallbackAnswer(job_id, name)
-    return CallbackAnswer(job_id, name, woke=True, step=woken.step, job_type=woken.job_type)
+        return CallbackAnswer(job_id, name, repeated=repeated)
+    return CallbackAnswer(job_id, name, woke=True, repeated=repeated, step=woken.step,
+                          job_type=woken.job_type)
+
+
+def _note(table: Table, cb: CallbackItem, woken: JobItem | None) -> None:
+    """The answer in the job's history (never its payload: a result may be large or
+    sensitive), keyed by the answer so a resent answer puts it only if it is missing. Best
+    effort: the answer itself is already recorded, so a failed note is logged, not raised
+    (the sender retries; its retry notes it)."""
+    job = woken or table.get_job_item(cb.job_id)
+    try:
+        history.note(table, _Answered(cb.job_id, job.step if job else 0,
+                                      job.deadline_at if job else None),
+                     f"callback_{cb.state.lower()}", detail=f"callback {cb.name!r}",
+                     at_ms=cb.answered_at, once=True)
+    except Exception as exc:  # a history write must not undo an answer
+        observe.event("history_note_failed", logging.WARNING, job_id=cb.job_id,
+                      detail=f"{type(exc).__name__}: the answer to callback {cb.name!r} is "
+                             "recorded, its history note is not (a resent answer adds it)")
 
 
 @dataclass(frozen=True)
@@ -382,31 +409,26 @@ class _Answered:
     deadline_at: int | None
 
 
-def _note(table: Table, job_id: str, name: str, state: str, woken: JobItem | None) -> None:
-    """The answer in the job's history (never its payload: a result may be large or
-    sensitive). Best effort: the answer itself is already recorded, so a failed note is
-    logged, not raised (the sender would otherwise retry an answer that counted)."""
-    job = _Answered(job_id, woken.step if woken else 0, woken.deadline_at if woken else None)
-    try:
-        history.note(table, job, f"callback_{state.lower()}", detail=f"callback {name!r}")
-    except Exception as exc:  # a history write must not undo an answer
-        observe.event("history_note_failed", logging.WARNING, job_id=job_id,
-                      detail=f"{type(exc).__name__}: the answer to callback {name!r} is "
-                             "recorded, its history note is not")
+def _as_seen(table: Table, refusal: Refused, job_id: str, name: str) -> Item | None:
+    """The record as the refused condition saw it (read back from an engine that does not
+    return it)."""
+    return refusal.old or table.get_item(schema.callback_key(job_id, name), expired_too=True)
 
 
-def _refused(table: Table, refusal: Refused, digest: str, job_id: str, name: str,
-             state: str, payload: str | None) -> JobStateError | None:
+def _not_found(job_id: str, name: str) -> CallbackNotFound:
+    return CallbackNotFound(
+        f"no callback answers to that token (job {job_id!r}, callback {name!r}): it was "
+        "never issued, or it is forged, or its job expired. Nothing was written.",
+        job_id=job_id)
+
+
+def _refused(raw: Item | None, digest: str, job_id: str, name: str, state: str,
+             payload: str | None) -> JobStateError | None:
     """Why an answer was refused: no such callback (or not this secret), the same answer
     already recorded (None: a no-op), or the callback ended otherwise."""
-    # The record as the condition saw it (read back from an engine that does not return it).
-    raw = refusal.old or table.get_item(schema.callback_key(job_id, name), expired_too=True)
     old = callback_item(raw) if raw is not None else None
     if old is None or not hmac.compare_digest(old.secret_hash, digest):
-        return CallbackNotFound(
-            f"no callback answers to that token (job {job_id!r}, callback {name!r}): it was "
-            "never issued, or it is forged, or its job expired. Nothing was written.",
-            job_id=job_id)
+        return _not_found(job_id, name)
     if old.state == state and payload == (old.result if state == SUCCEEDED else old.error):
         return None
     if old.state in (OPEN, TIMED_OUT):

@@ -25,6 +25,12 @@ SWEEPER_POINTS = (
     "sweeper_children_cancelled",  # a late parent's children cancelled, parent not failed
 )
 
+# Crash points of a callback answer's sender (App/JobStore.complete_callback and the rest).
+CALLBACK_POINTS = (
+    "callback_answered",  # the answer recorded, the job not woken
+    "callback_woken",  # the job woken, the answer not noted in its history
+)
+
 Hook = Callable[[str, dict[str, Any]], None]
 _hook: Hook | None = None
 

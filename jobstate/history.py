@@ -16,10 +16,11 @@ deadline, whichever is later, like the job's own TTL.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
 from . import codec, schema
-from .dynamo import Item, av
+from .dynamo import Item, Refused, av, condition
 from .lease import Lease
 from .records import HistoryEntry
 from .schema import H
@@ -144,19 +145,23 @@ class JobLike(Protocol):
 
 
 def note(table: Table, job: JobLike, event: str, *, who: str | None = None,
-         detail: str | None = None, step: int | None = None) -> None:
+         detail: str | None = None, step: int | None = None, at_ms: int | None = None,
+         once: bool = False) -> None:
     """Record something that happened to `job` outside its steps: an operator's action
     (`paused`, `resumed`, `cancelled`, `settled`, `redriven`), a callback's answer, ...
 
     One unconditional PutItem under the job's partition. `who` is the caller (an IAM ARN,
-    an OS user); `detail` says why or what (cut to DETAIL_CHARS). Callers outside this
-    module use this function, never their own item.
+    an OS user); `detail` says why or what (cut to DETAIL_CHARS). `at_ms` dates it (default
+    now). `once`: the note is of something with a time of its own (`at_ms`, e.g. a callback
+    answer), keyed by that alone, and put only if it is missing — so whoever repeats the
+    act repeats the note safely. Callers outside this module use this function, never
+    their own item.
     """
-    now = table.clock.now_ms()
+    now = table.clock.now_ms() if at_ms is None else at_ms
     at = job.step if step is None else step
     item: Item = {
         schema.PK: av(schema.job_pk(job.job_id)),
-        schema.SK: av(schema.history_sk(at, now, who or "-", event)),
+        schema.SK: av(schema.history_sk(0 if once else at, now, who or "-", event)),
         H.STEP: av(at), H.EVENT: av(event), H.ENDED_AT: av(now),
         H.EXPIRES: av(expires(table, now, job.deadline_at)),
     }
@@ -164,7 +169,11 @@ def note(table: Table, job: JobLike, event: str, *, who: str | None = None,
         item[H.WHO] = av(who[:500])
     if detail:
         item[H.DETAIL] = av(detail[:DETAIL_CHARS])
-    table.call("put_item", Item=item)
+    if not once:
+        table.call("put_item", Item=item)
+        return
+    with contextlib.suppress(Refused):  # refused: noted already
+        table.put(item, condition(lambda u: u.absent(schema.PK)))
 
 
 def type_note(table: Table, job_type: str, event: str, *, who: str | None = None,

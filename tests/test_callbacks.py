@@ -198,6 +198,46 @@ def test_an_answer_landing_while_the_wait_is_written_is_not_lost(
     assert approval.store.get("j1").result == {"got": "racy"}
 
 
+class SenderDied(BaseException):
+    """The sending process is killed (not an error the library may catch)."""
+
+
+@pytest.mark.parametrize("crash_at", faults.CALLBACK_POINTS)
+def test_a_sender_killed_mid_answer_finishes_it_by_resending_the_same_answer(
+        approval: jobstate.App, cont: jobstate.InMemoryContinuation, clock: jobstate.ManualClock,
+        sender: Sender, crash_at: str) -> None:
+    # An answer is a write on the callback, a wake of the job, a history note. A sender
+    # killed between them retries with the same answer; the retry does what the first left
+    # undone (at once, not at the callback's timeout an hour later), and nothing twice.
+    token = started(approval, cont, clock, sender)
+
+    def hook(point: str, info: dict[str, Any]) -> None:
+        if point == crash_at:
+            raise SenderDied(point)
+
+    with faults.installed(hook), pytest.raises(SenderDied):
+        approval.complete_callback(token, {"v": 1})
+    # Woken: due now (the next sweep sends it), no longer at the timeout.
+    woken_before = approval.store.get("j1").due_at < clock.now_ms() + 3_600_000
+    assert woken_before == (crash_at == "callback_woken")
+    again = approval.complete_callback(token, {"v": 1})
+    assert again.repeated and again.woke == (not woken_before)
+    if not woken_before:
+        assert len(cont.events) == 1  # the retry sent the step
+    else:
+        # The first attempt woke it and died before sending its step: a lost continuation,
+        # which the sweeper sends once its dispatch timeout has passed (JobView.due_at).
+        due = approval.store.get("j1").due_at
+        assert due is not None and due < clock.now_ms() + 3_600_000
+        clock.set(due)
+        sweep(approval, cont, clock)
+    deliver(approval, cont, clock)
+    assert approval.store.get("j1").result == {"got": {"v": 1}}
+    approval.complete_callback(token, {"v": 1})  # once more: still one note
+    noted = [h for h in approval.store.history("j1") if h.event.startswith("callback_")]
+    assert [h.event for h in noted] == ["callback_succeeded"]
+
+
 def test_a_timeout_fires_through_the_sweeper_and_the_step_may_catch_it(
         approval: jobstate.App, cont: jobstate.InMemoryContinuation, clock: jobstate.ManualClock,
         sender: Sender) -> None:

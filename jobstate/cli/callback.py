@@ -91,8 +91,12 @@ def _report(as_json: bool, answer: CallbackAnswer, what: str, function_name: str
         return
     head = f"callback {answer.name!r} of job {answer.job_id}: {what}"
     if answer.repeated:
-        out.print(f"{head} (already recorded: nothing changed)")
-    elif sent:
+        head += " (already recorded"
+        if not answer.woke:
+            out.print(f"{head}: nothing changed)")
+            return
+        head += "; this resend finished waking the job)"
+    if sent:
         out.print(f"{head}; invoked {function_name} to run the job now")
     elif answer.woke:
         out.print(f"{head}; the job is due now (the next sweep runs it)")
