@@ -14,10 +14,12 @@ a redriven job keeps the tokens it has now.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import codec, fxrecords, history, schema, timeline, transitions
 from .dynamo import Refused
 from .errors import InvalidInput, JobNotFound
-from .records import JobView
+from .records import JobView, ancestors_of
 from .status import JobStatus
 from .table import Table
 
@@ -28,10 +30,11 @@ def available(table: Table, job_id: str) -> dict[int, tuple[str, str]]:
     return timeline.checkpoints(table.partition(job_id, schema.STEP_PREFIX))
 
 
-def redrive(table: Table, job_id: str, *, from_step: int | None = None,
-            by: str | None = None, reason: str = "") -> JobView:
+def redrive(table: Table, job_id: str, *, is_paused: Callable[[str], bool],
+            from_step: int | None = None, by: str | None = None, reason: str = "") -> JobView:
     """Run a FAILED job again from its last committed step or from `from_step`; due at the
-    next sweep. Recorded in its history as `redriven` (with `by` and `reason`)."""
+    next sweep, or held until its paused type (`is_paused`: read afresh) is resumed.
+    Recorded in its history as `redriven` (with `by` and `reason`)."""
     codec.validate_job_id(job_id)
     if from_step is not None and (isinstance(from_step, bool) or not isinstance(from_step, int)
                                   or from_step < 0):
@@ -69,17 +72,20 @@ def redrive(table: Table, job_id: str, *, from_step: int | None = None,
     deadline = job.deadline_at
     if deadline is not None and deadline <= now:  # a fresh window as long as its first
         deadline = now + max(deadline - (job.created_at or now), 60_000)
+    held_by = next((t for t in (*ancestors_of(job), job.job_type) if is_paused(t)), None)
     if deadline != job.deadline_at:  # its effect records must outlive the new deadline
         fxrecords.extend_expiry(table, job_id, deadline)
     try:
         raw = transitions.redrive(table, job, step=step, cursor=cursor, progress=progress,
-                                  deadline_at=deadline)
+                                  deadline_at=deadline, held_by=held_by)
     except Refused:
         raise InvalidInput(f"job {job_id!r} changed while it was being redriven (another "
                            "operator?); look at it again with `jobstate status`.") from None
     view = table.view(raw, secrets=False)
     detail = f"from step {step}" + (f" (it had failed at step {job.step})"
                                     if step != job.step else "")
+    if held_by is not None:
+        detail += f"; held while job type {held_by!r} is paused"
     history.note(table, view, "redriven", who=by,
                  detail=detail + (f": {reason}" if reason else ""))
     return view

@@ -402,10 +402,10 @@ class JobStore(Table):
 
     def redrive(self, job_id: str, *, from_step: int | None = None, by: str | None = None,
                 reason: str = "") -> JobView:
-        """Run a FAILED job again from its last committed step, or from `from_step` if
-        history kept that step's checkpoint; effects already DONE stay skipped. See
-        redrive.py for what can and cannot be redriven."""
-        return redrive_job(self, job_id, from_step=from_step, by=by, reason=reason)
+        """Run a FAILED job again from its last committed step, or from `from_step` if history
+        kept its checkpoint; effects DONE stay skipped (redrive.py: what can be redriven)."""
+        return redrive_job(self, job_id, is_paused=lambda t: self.is_paused(t, fresh=True),
+                           from_step=from_step, by=by, reason=reason)
 
     # -- pause / resume a job type --------------------------------------------------------
 

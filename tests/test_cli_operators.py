@@ -62,6 +62,19 @@ def drain(app: jobstate.App, cont: jobstate.InMemoryContinuation) -> None:
             app.handler(event)
 
 
+def test_a_redrive_while_the_type_is_paused_says_it_is_held(url: str, env: Any) -> None:
+    table, store, app, cont = env
+    jid = app.start("export", {})
+    drain(app, cont)
+    store.set_paused("export", True)
+    r = run(url, table, "redrive", jid, "--function", "never-called")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())  # wrapped to the terminal
+    assert "held while job type 'export' is paused" in text
+    assert "jobstate resume export" in text and "invoked" not in text
+    assert store.get(jid).display_status == "PAUSED"
+
+
 def test_history_shows_everything_in_order_and_in_full(url: str, env: Any) -> None:
     table, store, app, cont = env
     jid = app.start("export", {})

@@ -95,6 +95,28 @@ def test_a_step_without_a_checkpoint_is_refused_naming_the_ones_kept(
     assert app.store.get_raw(jid) == before  # nothing written
 
 
+def test_a_job_redriven_while_its_type_is_paused_waits_for_the_resume(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation,
+        failed: tuple[str, dict[str, bool], list[int]]) -> None:
+    jid, broken, sent = failed
+    broken["yes"] = False
+    app.store.set_paused("pipeline", True, "maintenance")
+    view = app.store.redrive(jid)
+    # Held as a job created now would be: marked at once, not at the next sweep.
+    assert view.paused_by == "pipeline" and view.display_status == "PAUSED"
+    redriven = [e for e in app.store.history(jid) if e.event == "redriven"]
+    assert "held while job type 'pipeline' is paused" in (redriven[0].detail or "")
+    stray = app.handler(jobstate.step_event(jid, BROKEN_AT, "pipeline"), None)
+    assert stray["outcome"] != "committed" and app.store.get(jid).step == BROKEN_AT
+    jobstate.sweep(app.store, cont)
+    assert cont.pop_all() == []
+    app.store.set_paused("pipeline", False)
+    jobstate.sweep(app.store, cont)
+    drain(app, cont)
+    assert app.store.get(jid).status is jobstate.JobStatus.SUCCEEDED
+    assert sent == list(range(STEPS))
+
+
 def test_only_a_failed_job_is_redriven(app: jobstate.App,
                                        cont: jobstate.InMemoryContinuation) -> None:
     @app.job("fine")

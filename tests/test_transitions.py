@@ -361,4 +361,4 @@ def _redrive(store: jobstate.JobStore) -> None:
     found = item(store)
     assert found is not None
     transitions.redrive(store, found, step=found.step, cursor=None, progress=None,
-                        deadline_at=found.deadline_at)
+                        deadline_at=found.deadline_at, held_by=None)

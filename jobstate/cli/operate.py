@@ -180,11 +180,15 @@ def redrive(as_json: bool, job_id: str, from_step: int | None, reason: str,
     already done are still skipped."""
     view = settings().store().redrive(job_id, from_step=from_step, by=who(actor),
                                       reason=reason)
-    if function_name:
+    send = bool(function_name) and view.paused_by is None  # a held step would be refused
+    if send and function_name:
         continuation(function_name, lambda_endpoint_url).dispatch(
             step_event(view.job_id, view.step, view.job_type, **routing(view)))
     if as_json:
-        emit({"job": view.to_dict(), "dispatched": bool(function_name)})
+        emit({"job": view.to_dict(), "dispatched": send})
+    elif view.paused_by is not None:
+        out.print(f"redriven {job_id} from step {view.step}; held while job type "
+                  f"{view.paused_by!r} is paused (`jobstate resume {view.paused_by}` runs it)")
     else:
         out.print(f"redriven {job_id} from step {view.step}; " + (
             f"invoked {function_name}" if function_name else

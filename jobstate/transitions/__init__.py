@@ -386,16 +386,20 @@ def resume(table: Table, job: JobItem, *, max_steps: int | None,
 
 
 def redrive(table: Table, job: JobItem, *, step: int, cursor: str | None,
-            progress: str | None, deadline_at: int | None) -> Item:
+            progress: str | None, deadline_at: int | None, held_by: str | None) -> Item:
     """A FAILED job RUNNING again at `step` (its current step, or an earlier one whose
     checkpoint history kept: `cursor`/`progress` then replace its state), ready for the
-    next sweep (ALL_NEW); `Refused` if it changed since it was read."""
+    next sweep (ALL_NEW); `Refused` if it changed since it was read. `held_by`: a paused
+    type (its own or an ancestor's) holds it, as it holds a job created then: marked and
+    in the PAUSED bucket, sent when that type is resumed."""
     now = table.clock.now_ms()
     upd = (Update().set(J.STATUS, JobStatus.RUNNING.value).set(J.ATTEMPT, 0)
            .set(J.UPDATED, 0).set(J.STATUS_AT, now).set(J.NOT_BEFORE, 0).set(J.LEASE, 0)
-           .set(J.LIST_KEY, _bucket_key(job, schema.ACTIVE))
+           .set(J.LIST_KEY, _bucket_key(job, schema.PAUSED if held_by else schema.ACTIVE))
            .remove(J.ERROR, J.ERROR_TYPE, J.EXPIRES, J.RESULT, J.WAIT_REASON, J.SWEPT_AT,
-                   J.OWNER, J.DUE, J.DUE_SHARD))
+                   J.OWNER, J.DUE, J.DUE_SHARD, *(() if held_by else (J.PAUSED_BY,))))
+    if held_by:
+        upd.set(J.PAUSED_BY, held_by)
     upd.sets.append(f"{upd.n(J.STEP)} = {upd.v(step)}")
     if cursor is not None:
         upd.set(J.CURSOR, cursor)
