@@ -38,6 +38,7 @@ from .errors import (
 )
 from .events import EVENT_KEY, parse_event, routing, step_event
 from .fanout import Spawned
+from .historymode import HistoryMode, parse_mode
 from .hooks import EffectHook
 from .lease import Lease
 from .retry import RetryPolicy
@@ -116,12 +117,13 @@ class App:
         max_attempts: int | None = None,
         deadline: float | None = 7 * 24 * 3600.0,
         retry: RetryPolicy | None = None,
-        history: bool = False,
+        history: HistoryMode | bool = "steps",
         serdes: SerdesLike | None = None,
     ) -> Callable[[StepFn], StepFn]:
         """Register a step function: `@app.job("name", max_steps=..., deadline=seconds)`."""
         codec.validate_job_type(name)
         job_serdes = resolve_serdes(serdes, f"@app.job({name!r}) serdes")
+        mode = parse_mode(history, f"@app.job({name!r})")
         if name in self.specs:
             raise InvalidInput(f"job type {name!r} is registered twice.")
         policy = retry or RetryPolicy()
@@ -133,7 +135,7 @@ class App:
         def register(fn: StepFn) -> StepFn:
             if not callable(fn):
                 raise InvalidInput(f"@app.job({name!r}) must decorate a function.")
-            self.specs[name] = JobSpec(name, fn, limits, policy, history, job_serdes)
+            self.specs[name] = JobSpec(name, fn, limits, policy, mode, job_serdes)
             return fn
 
         return register

@@ -83,7 +83,6 @@ class StepContext:
         self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms,
                                 effect_hooks, self._serdes)
         self.lambda_context = lambda_context
-        self._limits = {name: spec.limits for name, spec in self._specs.items()}
         self.job_id: str = job.job_id
         self.job_type: str = job.job_type
         self.step: int = lease.step
@@ -314,8 +313,10 @@ class StepContext:
         rest are then cancelled), the next step runs; see `children()` and
         `completion_reason`.
         """
+        spec = self._specs.get(job_type)  # the child type's guards and history mode
         fanout.spawn(self._store, self._lease, job_type, list(inputs),
-                     limits=self._limits.get(job_type, Limits()),
+                     limits=spec.limits if spec else Limits(),
+                     history=spec.history if spec else "steps",
                      max_concurrency=max_concurrency, child_ids=child_ids,
                      on_child_failure=on_child_failure, completion_policy=completion)
 

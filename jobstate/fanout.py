@@ -28,6 +28,7 @@ from .completion import CompletionPolicy
 from .dynamo import TRANSACTION_CANCELLED, Item, Refused, TransactionRefused, error_code
 from .errors import InvalidInput, JobCancelled, JobConflict, JobFinished, JobNotFound
 from .events import MAX_DEPTH, step_event
+from .historymode import HistoryMode
 from .items import child_item, job_item
 from .lease import Lease, State
 from .records import JobView, Progress, child_id, child_ids_of
@@ -88,7 +89,8 @@ class ChildView:
 
 def spawn(store: JobStore, lease: Lease, job_type: str, inputs: list[Any], *,
           limits: Limits, max_concurrency: int | None, child_ids: Sequence[str] | None,
-          on_child_failure: str, completion_policy: CompletionPolicy | None = None) -> None:
+          on_child_failure: str, completion_policy: CompletionPolicy | None = None,
+          history: HistoryMode | bool = "steps") -> None:
     """Create the children (idempotently) and end the step waiting for them."""
     codec.validate_job_type(job_type)
     if on_child_failure not in POLICIES:
@@ -132,7 +134,7 @@ def spawn(store: JobStore, lease: Lease, job_type: str, inputs: list[Any], *,
         if counted:
             extra[J.COUNTED] = counted
         new = store.new_job_item(job_type, inp, cid, limits, runnable_now=i < k,
-                                 paused_by=held_by, extra=extra)
+                                 paused_by=held_by, extra=extra, history=history)
         items.append(new.item)
         if new.input is not None:
             inputs_items.append(new.input)

@@ -6,7 +6,9 @@ attribute, on the write that happens anyway. When `RING` records have gathered, 
 commit first puts them in one history item together with the checkpoint the step starts
 from (cursor and progress: what `redrive --from-step` restores), so a step costs 1/RING of
 a write more and the job item stays well under 1 KB. Eventful steps (a retry, a deferral,
-a takeover, a failure) and operator actions get their own items at once.
+a takeover, a failure) and operator actions get their own items at once. That is the
+default mode, "steps"; "recent" drops the records instead of moving them (no write beyond
+the step's two) and "step-items" puts each step in an item of its own (historymode.py).
 
 Keys are `STEP#<step:09d>#<time>#<owner>#<event>`. A job type's pause and resume live
 under its `TYPE#` partition (`OP#<time>#<action>`) and show in the history of every job
@@ -95,6 +97,8 @@ def ring(table: Table, lease: Lease, event: str, now: int) -> tuple[str, bool, I
     before = (lease.job.recent or "").split()
     if len(before) < RING:
         return mine, bool(before), None
+    if lease.job.history == "recent":  # the last steps only: older records go
+        return mine, False, None
     return mine, False, steps_item(table, lease, before)
 
 

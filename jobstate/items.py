@@ -98,7 +98,7 @@ class JobItem:
     redispatches: int = 0
     swept_at: int | None = None
     hop: int = 0
-    history_on: bool = False
+    history: bool | str | None = None  # its history mode as stored (historymode.py)
     recent: str | None = None
     due_at: int | None = None
     list_key: str | None = None
@@ -117,7 +117,8 @@ class JobItem:
 
 _JOB_RENAMED = {"job_type": J.TYPE, "lease_owner": J.OWNER, "lease_expires_at": J.LEASE,
                 "deadline_at": J.DEADLINE, "created_at": J.CREATED, "updated_at": J.UPDATED,
-                "due_at": J.DUE, "list_key": J.LIST_KEY, "expires_at": J.EXPIRES}
+                "due_at": J.DUE, "list_key": J.LIST_KEY, "expires_at": J.EXPIRES,
+                "history": J.HISTORY_ON}
 # field -> attribute name; a field with no name in schema.J fails here, at import.
 _JOB_NAMES = {f.name: _JOB_RENAMED.get(f.name) or getattr(J, f.name.upper())
               for f in fields(JobItem)}

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import codec, schema
+from . import codec, historymode, schema
 from .dynamo import Item, av
+from .historymode import HistoryMode
 from .schema import IN, J
 from .status import JobStatus
 from .table import Table
@@ -16,7 +17,8 @@ QUEUED_UNTIL = 9_999_999_999_999  # not_before of a child waiting for a concurre
 
 def new_job(table: Table, job_id: str, job_type: str, *, input_json: str, cursor_json: str,
             max_attempts: int, max_steps: int, deadline_at: int | None,
-            runnable_now: bool = True, history: bool = False, paused_by: str | None = None,
+            runnable_now: bool = True, history: HistoryMode | bool = "steps",
+            paused_by: str | None = None,
             extra: dict[str, Any] | None = None) -> Item:
     """The item of a new PENDING job at step 0 (validated and encoded by the caller). An
     input over INLINE_INPUT_BYTES is left out: it goes to the job's input item."""
@@ -39,8 +41,9 @@ def new_job(table: Table, job_id: str, job_type: str, *, input_json: str, cursor
         item[J.WAIT_REASON] = av("concurrency")
     if deadline_at is not None:
         item[J.DEADLINE] = av(deadline_at)
-    if history:
-        item[J.HISTORY_ON] = av(True)
+    mode = historymode.parse_mode(history, f"a new {job_type!r} job")
+    if (ho := historymode.stored(mode)) is not None:
+        item[J.HISTORY_ON] = av(ho)
     if paused_by is not None:
         item[J.PAUSED_BY] = av(paused_by)
     for k, v in (extra or {}).items():

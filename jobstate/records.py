@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import codec, readiness, redact
+from . import codec, historymode, readiness, redact
 from .items import JobItem
 from .status import JobStatus
 
@@ -61,7 +61,8 @@ class JobView:
     retries: int = 0
     run_ms: int = 0
     expires_at: int | None = None
-    history_on: bool = False
+    history: str = "steps"  # its history mode (historymode.py)
+    history_on: bool = False  # history == "step-items" (older name)
     child_index: int | None = None
     release_id: str | None = None
     parent_type: str | None = None
@@ -206,6 +207,7 @@ def job_view(item: JobItem, tokens: dict[str, Any], input: Any = INLINE, *,
     read from the job's input item when it is not inline; `due_at` when the sweeper next
     acts on it, given the dispatch timeout)."""
     prog = codec.loads(item.progress, {}) or {}
+    mode = historymode.of_stored(item.history)
     return JobView(
         job_id=item.job_id, job_type=item.job_type, status=item.status, step=item.step,
         input=codec.loads(item.input) if input is INLINE else input,
@@ -221,7 +223,8 @@ def job_view(item: JobItem, tokens: dict[str, Any], input: Any = INLINE, *,
         pending_children=item.pending, children_total=item.children_total,
         created_at=item.created_at, updated_at=item.updated_at,
         invocations=item.invocations, takeovers=item.takeovers, retries=item.retries,
-        run_ms=item.run_ms, expires_at=item.expires_at, history_on=item.history_on,
+        run_ms=item.run_ms, expires_at=item.expires_at, history=mode,
+        history_on=mode == "step-items",
         child_index=item.child_index, release_id=item.release_id,
         parent_type=item.parent_type, ancestors=ancestors_of(item),
         spawn_step=item.spawn_step, child_type=item.child_type,

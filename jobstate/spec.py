@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .context import StepContext
+from .historymode import HistoryMode
 from .retry import RetryPolicy
 from .serdes import Serdes
 from .store import Limits
@@ -22,7 +23,7 @@ class JobSpec:
     fn: StepFn
     limits: Limits
     retry: RetryPolicy
-    history: bool = False
+    history: HistoryMode | bool = "steps"  # historymode.py
     serdes: Serdes | None = None  # its effect and job results' (serdes.py); None: JSON
 
 

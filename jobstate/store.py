@@ -29,6 +29,7 @@ from . import (
 from .callbacks import CallbackAnswer
 from .dynamo import Item, Refused, TransactionRefused, Update, av
 from .errors import InvalidInput, JobConflict, JobFinished, JobNotFound
+from .historymode import HistoryMode
 from .items import JobItem, job_item
 from .pause import PauseSwitch
 from .records import HistoryEntry, JobView, Page
@@ -185,7 +186,7 @@ class JobStore(Table):
         job_id: str | None,
         limits: Limits,
         *,
-        history: bool = False,
+        history: HistoryMode | bool = "steps",
         cursor: dict[str, Any] | None = None,
         runnable_now: bool = True,
         paused_by: str | None = None,
@@ -225,7 +226,7 @@ class JobStore(Table):
         job_id: str | None = None,
         limits: Limits | None = None,
         *,
-        history: bool = False,
+        history: HistoryMode | bool = "steps",
         cursor: dict[str, Any] | None = None,
         _purged: bool = False,
     ) -> tuple[JobView, bool]:
@@ -234,8 +235,7 @@ class JobStore(Table):
         Idempotent for a given job id: the same type and input return the existing job
         (created=False); a different type or input raises JobConflict. An id whose job
         finished and expired (retention passed) names a new job. A job of a paused type is
-        created held (it runs once the type is resumed).
-        """
+        created held (it runs once the type is resumed). `history`: historymode.py."""
         new = self.new_job_item(job_type, input, job_id, limits or Limits(), history=history,
                                 cursor=cursor, paused_by=self.pauses.holder([job_type]))
         job_id = new.job_id

@@ -29,7 +29,7 @@ def build(table: Table, job: JobView, raws: Iterable[Item]) -> list[HistoryEntry
         else:
             items.append(history.entry(raw))
     steps += history.unpack(job.recent, created)
-    # A step with an item of its own (history=True, a failure) shows that one, not both.
+    # A step with an item of its own (history="step-items", a failure) shows that one, not both.
     own = {(e.step, e.event) for e in items}
     entries = items + [e for e in steps if (e.step, e.event) not in own]
     entries += type_actions(table, job)

@@ -10,6 +10,7 @@ import pytest
 
 import jobstate
 from jobstate import history
+from jobstate.records import child_id
 from jobstate.testing import Driver
 from tests.conftest import RequestLog, drain
 
@@ -30,8 +31,8 @@ def item_bytes(raw: dict[str, Any]) -> int:
     return sum(len(k) + size(v) for k, v in raw.items())
 
 
-def counting(app: jobstate.App, name: str, steps: int) -> None:
-    @app.job(name, max_steps=steps + 5)
+def counting(app: jobstate.App, name: str, steps: int, **kw: Any) -> None:
+    @app.job(name, max_steps=steps + 5, **kw)
     def run(ctx: jobstate.StepContext) -> Any:
         if ctx.step >= steps:
             return ctx.complete({"steps": ctx.step})
@@ -74,6 +75,91 @@ def test_a_step_costs_two_writes_and_the_record_moves_every_ring_steps(
     extra = [s for s, w, _ in middle if w == 3]
     assert all(w in (2, 3) for _, w, _ in middle)
     assert extra == [history.RING, 2 * history.RING]
+
+
+def metered(app: jobstate.App, cont: jobstate.InMemoryContinuation,
+            requests_log: RequestLog) -> list[tuple[int, int, int]]:
+    """(step, writes, reads) of each delivery until the job's events run out."""
+    per_step = []
+    while cont.events:
+        event = cont.pop_all()[0]
+        requests_log.reset()
+        app.handler(event)
+        per_step.append((event["jobstate"]["step"], requests_log.writes, requests_log.reads))
+    return per_step
+
+
+@pytest.mark.integration
+def test_history_recent_keeps_the_last_steps_at_two_writes_a_step(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation,
+        requests_log: RequestLog) -> None:
+    steps = 3 * history.RING + 5
+    counting(app, "lean", steps, history="recent")
+    jid = app.start("lean", {})
+    assert app.store.get(jid).history == "recent"
+    per_step = metered(app, cont, requests_log)
+    assert all((w, r) == (2, 0) for s, w, r in per_step if 0 < s < steps), per_step
+    # The steps since the last multiple of RING (on the job item), not older ones.
+    entries = app.store.history(jid)
+    kept = [e.step for e in entries if e.event == "committed"]
+    assert kept == list(range(3 * history.RING, steps))
+    assert entries[-1].event == "succeeded"
+    assert not [i for i in app.store.partition(jid) if "#ring#" in i["sk"]["S"]]
+
+
+@pytest.mark.integration
+def test_history_recent_keeps_eventful_steps_and_redrives_from_the_failed_step(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation) -> None:
+    broken = {"yes": True}
+
+    @app.job("flaky", history="recent", max_attempts=1, max_steps=50)
+    def flaky(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == history.RING + 2 and broken["yes"]:
+            raise RuntimeError("bad row")
+        return ctx.complete("ok") if ctx.step > history.RING + 2 else None
+
+    jid = app.start("flaky", {})
+    drain(app, cont)
+    assert app.store.get(jid).status is jobstate.JobStatus.FAILED
+    assert "failed" in [e.event for e in app.store.history(jid)]
+    # No checkpoint is kept in this mode: only the failed step can be redriven.
+    with pytest.raises(jobstate.InvalidInput, match=rf"redriven from step\(s\) {history.RING + 2}"):
+        app.store.redrive(jid, from_step=history.RING)
+    broken["yes"] = False
+    app.store.redrive(jid, by="ops")
+    jobstate.sweep(app.store, cont)
+    drain(app, cont)
+    assert app.store.get(jid).status is jobstate.JobStatus.SUCCEEDED
+
+
+def test_history_modes_are_checked_before_anything_is_written(app: jobstate.App) -> None:
+    with pytest.raises(jobstate.InvalidInput,
+                       match=r"history='all' is not a history mode.*\"recent\""):
+        app.job("bad", history="all")  # type: ignore[arg-type]
+    with pytest.raises(jobstate.InvalidInput, match="is not a history mode"):
+        app.store.create("bad", {}, "j-bad", history="off")  # type: ignore[arg-type]
+    assert app.store.get_raw("j-bad") is None
+    counting(app, "old-style", 2, history=True)  # what older versions took: an item a step
+    jid = app.start("old-style", {})
+    view = app.store.get(jid)
+    assert view.history == "step-items" and view.history_on
+
+
+def test_children_keep_their_own_types_history_mode(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation) -> None:
+    counting(app, "leaf", 1, history="recent")
+
+    @app.job("root")
+    def root(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 0:
+            return ctx.spawn("leaf", [{}, {}])
+        return ctx.complete("done")
+
+    jid = app.start("root", {})
+    drain(app, cont)
+    kids = [child_id(jid, 0, i) for i in range(2)]
+    assert {app.store.get(k).history for k in kids} == {"recent"}
+    assert app.store.get(jid).history == "steps"
 
 
 def test_a_failure_then_a_repair_then_a_success_shows_the_success_last(

@@ -224,7 +224,7 @@ def commit(table: Table, lease: Lease, state: State, *, hop: int | None = None) 
         upd.set(J.HOP, hop)
     _record(table, lease, upd, "committed", now)
     _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
-    if lease.job.history_on:
+    if lease.job.history == "step-items":
         history.record(table, lease, "committed")
     return nxt
 
@@ -244,7 +244,7 @@ def sleep(table: Table, lease: Lease, state: State, *, until_ms: int, reason: st
      .set(J.LIST_KEY, schema.list_range(job.job_type, schema.ASLEEP, job.created_at or now)))
     _record(table, lease, upd, "waited", now)
     _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
-    if job.history_on:
+    if job.history == "step-items":
         history.record(table, lease, "committed")
     return nxt
 
