@@ -57,26 +57,6 @@ def test_every_step_is_in_the_history_by_default(app: jobstate.App,
     assert item_bytes(raw) < 900
 
 
-def test_a_step_costs_two_writes_and_the_record_moves_every_ring_steps(
-        app: jobstate.App, cont: jobstate.InMemoryContinuation,
-        requests_log: RequestLog) -> None:
-    steps = 3 * history.RING
-    counting(app, "metered", steps)
-    app.start("metered", {})
-    per_step = []
-    while cont.events:
-        event = cont.pop_all()[0]
-        requests_log.reset()
-        app.handler(event)
-        per_step.append((event["jobstate"]["step"], requests_log.writes, requests_log.reads))
-    middle = [(s, w, r) for s, w, r in per_step if 0 < s < steps]
-    assert all(r == 0 for _, _, r in middle)
-    # Two writes a step; one more on each step that moves RING records to a history item.
-    extra = [s for s, w, _ in middle if w == 3]
-    assert all(w in (2, 3) for _, w, _ in middle)
-    assert extra == [history.RING, 2 * history.RING]
-
-
 def metered(app: jobstate.App, cont: jobstate.InMemoryContinuation,
             requests_log: RequestLog) -> list[tuple[int, int, int]]:
     """(step, writes, reads) of each delivery until the job's events run out."""
@@ -87,6 +67,21 @@ def metered(app: jobstate.App, cont: jobstate.InMemoryContinuation,
         app.handler(event)
         per_step.append((event["jobstate"]["step"], requests_log.writes, requests_log.reads))
     return per_step
+
+
+def test_a_step_costs_two_writes_and_the_record_moves_every_ring_steps(
+        app: jobstate.App, cont: jobstate.InMemoryContinuation,
+        requests_log: RequestLog) -> None:
+    steps = 3 * history.RING
+    counting(app, "metered", steps)
+    app.start("metered", {})
+    per_step = metered(app, cont, requests_log)
+    middle = [(s, w, r) for s, w, r in per_step if 0 < s < steps]
+    assert all(r == 0 for _, _, r in middle)
+    # Two writes a step; one more on each step that moves RING records to a history item.
+    extra = [s for s, w, _ in middle if w == 3]
+    assert all(w in (2, 3) for _, w, _ in middle)
+    assert extra == [history.RING, 2 * history.RING]
 
 
 @pytest.mark.integration
