@@ -144,7 +144,7 @@ def _seconds(what: str, value: object, *, optional: bool = False) -> int | None:
 def result_json(result: Any, serdes: serdes_mod.Serdes = serdes_mod.JSON) -> str:
     """The stored text of an answer's result, by the job type's `serdes` (JSON unless
     `App.job(..., serdes=)` set one; a `JobStore` answer, which knows no job types, is
-    JSON)."""
+    JSON, marked so: the step reads it as JSON whatever its type's serdes)."""
     text = serdes_mod.encode(serdes, result, "callback result")
     if codec.size_of(text) > MAX_RESULT_BYTES:
         raise InvalidInput(
@@ -212,7 +212,7 @@ class Callback:
 
 def outcome(item: CallbackItem, serdes: serdes_mod.Serdes = serdes_mod.JSON) -> Any:
     if item.state == SUCCEEDED:
-        return serdes_mod.decode(serdes, item.result or "null",
+        return serdes_mod.decode(serdes_mod.JSON if item.plain else serdes, item.result or "null",
                                  f"result of callback {item.name!r}")
     if item.state == FAILED:
         raise CallbackFailed(f"callback {item.name!r} of job {item.job_id!r} failed: "
@@ -316,7 +316,8 @@ def complete(table: Table, token: object, result: Any = None, *,
              serdes: serdes_mod.Serdes = serdes_mod.JSON) -> CallbackAnswer:
     """Record a success (first answer wins; the same answer again is a no-op)."""
     text = result_json(result, serdes)
-    return _answer(table, token, SUCCEEDED, text, dispatching)
+    return _answer(table, token, SUCCEEDED, text, dispatching,
+                   plain=isinstance(serdes, serdes_mod.JsonSerdes))
 
 
 def fail(table: Table, token: object, error: object, *,
@@ -354,11 +355,13 @@ def _open_with(upd: Update, digest: str, now: int) -> None:
 
 
 def _answer(table: Table, token: object, state: str, payload: str,
-            dispatching: bool) -> CallbackAnswer:
+            dispatching: bool, *, plain: bool = False) -> CallbackAnswer:
     job_id, name, digest = parse_token(token)
     now = table.clock.now_ms()
     upd = Update().set(CB.STATE, state).set(CB.ANSWERED_AT, now)
     upd.set(CB.RESULT if state == SUCCEEDED else CB.ERROR, payload)
+    if plain:  # read back as JSON even by a job type with a serdes of its own
+        upd.set(CB.PLAIN, True)
     _open_with(upd, digest, now)
     repeated = False
     try:

@@ -239,6 +239,7 @@ class CallbackItem:
     created_at: int | None = None
     answered_at: int | None = None
     expires_at: int | None = None
+    plain: bool = False  # its result is plain JSON, whatever its job type's serdes
 
     def expired(self, now_ms: int) -> bool:
         return expired(self.expires_at, now_ms)
@@ -253,7 +254,7 @@ _CALLBACK_NAMES = {"state": CB.STATE, "secret_hash": CB.SECRET_HASH, "result": C
                    "heartbeat_s": CB.HEARTBEAT_S, "heartbeat_due": CB.HEARTBEAT_DUE,
                    "job_type": CB.JOB_TYPE, "job_created": CB.JOB_CREATED,
                    "created_at": CB.CREATED, "answered_at": CB.ANSWERED_AT,
-                   "expires_at": CB.EXPIRES}
+                   "expires_at": CB.EXPIRES, "plain": CB.PLAIN}
 
 
 def callback_item(raw: Mapping[str, Any]) -> CallbackItem:

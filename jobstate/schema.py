@@ -105,6 +105,7 @@ class CB:
     STATE, SECRET_HASH, RESULT, ERROR = "s", "th", "r", "e"
     TIMEOUT_AT, HEARTBEAT_S, HEARTBEAT_DUE = "to", "hb", "hd"
     JOB_TYPE, JOB_CREATED, CREATED, ANSWERED_AT, EXPIRES = "jt", "jc", "ca", "aa", "ex"
+    PLAIN = "pj"  # the result is plain JSON (sent by a caller that knows no serdes)
 
 
 class IN:

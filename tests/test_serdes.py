@@ -190,3 +190,26 @@ def test_a_callback_result_is_sent_and_read_with_the_job_types_serdes(
     with pytest.raises(jobstate.StateNotSerializable, match="callback result"):
         app.complete_callback(tokens[1], {1, 2})
     assert store.get("q2").status is JobStatus.WAITING
+
+
+def test_a_json_answer_from_outside_the_app_reaches_a_serdes_job_as_json(
+        store: jobstate.JobStore, cont: jobstate.InMemoryContinuation) -> None:
+    # JobStore, the CLI and the status API know no job types: they send JSON. The step of a
+    # type with a serdes of its own reads that JSON as JSON (a string too, which its
+    # serdes' loads could not read), not through its serdes.
+    app = jobstate.App(store, cont)
+    tokens: list[str] = []
+    got: list[Any] = []
+
+    @app.job("pickled", serdes=PICKLE)
+    def pickled(ctx: jobstate.StepContext) -> Any:
+        got.append(ctx.wait_for_callback("ok", tokens.append, timeout_s=600))
+        return ctx.complete(None)
+
+    for i, answer in enumerate(["approved", {"by": "ops", "n": 2}]):
+        app.start("pickled", None, job_id=f"p{i}")
+        drain(app, cont)
+        store.complete_callback(tokens[i], answer)
+        jobstate.sweep(store, cont)
+        drain(app, cont)
+        assert got[i] == answer and store.get(f"p{i}").status is JobStatus.SUCCEEDED
