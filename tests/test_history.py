@@ -157,6 +157,22 @@ def test_children_keep_their_own_types_history_mode(
     assert app.store.get(jid).history == "steps"
 
 
+@pytest.mark.parametrize("mode", ["steps", "recent", "step-items"])
+@pytest.mark.parametrize("seed", [3, 11])
+def test_history_under_chaos_records_each_committed_step_once_in_every_mode(
+        app: jobstate.App, driver: Callable[..., Driver], mode: str, seed: int) -> None:
+    steps = 2 * history.RING + 5
+    counting(app, "chaotic", steps, history=mode)
+    jid = app.start("chaotic", {})
+    driver(seed=seed, duplicates=0.3, crashes=0.3, lost=0.1).run_until_done([jid],
+                                                                             calm_after=40)
+    assert app.store.get(jid).result == {"steps": steps}
+    committed = [e.step for e in app.store.history(jid) if e.event == "committed"]
+    # Crashes and duplicates neither lose nor double a committed step's record.
+    first = 0 if mode != "recent" else 2 * history.RING
+    assert committed == list(range(first, steps))
+
+
 def test_a_failure_then_a_repair_then_a_success_shows_the_success_last(
         app: jobstate.App, cont: jobstate.InMemoryContinuation,
         clock: jobstate.ManualClock) -> None:
