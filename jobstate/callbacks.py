@@ -391,10 +391,9 @@ def _note(table: Table, cb: CallbackItem, woken: JobItem | None) -> None:
     sensitive), keyed by the answer so a resent answer puts it only if it is missing. Best
     effort: the answer itself is already recorded, so a failed note is logged, not raised
     (the sender retries; its retry notes it)."""
-    job = woken or table.get_job_item(cb.job_id)
-    try:
-        history.note(table, _Answered(cb.job_id, job.step if job else 0,
-                                      job.deadline_at if job else None),
+    try:  # not woken (not waiting yet, or woken before): no step to name, and no read
+        history.note(table, _Answered(cb.job_id, woken.step if woken else 0,
+                                      woken.deadline_at if woken else None),
                      f"callback_{cb.state.lower()}", detail=f"callback {cb.name!r}",
                      at_ms=cb.answered_at, once=True)
     except Exception as exc:  # a history write must not undo an answer
