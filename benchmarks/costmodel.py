@@ -18,7 +18,10 @@ docs/performance.md):
   simulated seconds (3,600; 180 with --quick: in steady state the per-step figures do
   not depend on H) is metered: every request of the steps and of the sweeper, on two
   Meters. Per step = total / steps committed in the window. Lambda requests = step
-  deliveries + one sweeper invocation per S. Dollars with cost.py's prices.
+  deliveries + one sweeper invocation per S. Dollars with cost.py's prices;
+* each period twice: the job type with history "recent" (the step's own two writes: the
+  figures issue 17 targets) and with the default history, "steps" (every step kept: one
+  history item per 16 steps more, what issue 20 priced).
 
 Events are processed in order of their start time; a step's handler call is atomic (it
 claims, runs and commits before the next event), which is what one container per job
@@ -34,6 +37,7 @@ from typing import Any
 
 import jobstate
 from jobstate.clock import ManualClock
+from jobstate.historymode import HistoryMode
 from jobstate.local.engines import dynamodb_client
 
 from .common import LambdaContext
@@ -61,10 +65,11 @@ class Model:
     sweep_s: float = SWEEP_S
     window_s: float = WINDOW_S
     timeout_s: float = TIMEOUT_S
+    history: HistoryMode = "recent"  # the job type's history mode
 
     def describe(self) -> str:
         return (f"{self.jobs} jobs, a step every {self.step_s:g} s each, sweep every "
-                f"{self.sweep_s:g} s, {self.window_s:g} s simulated")
+                f"{self.sweep_s:g} s, {self.window_s:g} s simulated, history={self.history!r}")
 
 
 @dataclass
@@ -132,7 +137,7 @@ class _Container:
         self.app = jobstate.App(store, self.continuation, clock=self.clock)
         clock, step_s = self.clock, model.step_s
 
-        @self.app.job(JOB_TYPE, max_steps=1_000_000, deadline=None)
+        @self.app.job(JOB_TYPE, max_steps=1_000_000, deadline=None, history=model.history)
         def cost_step(ctx: jobstate.StepContext) -> None:
             clock.advance(step_s)
             ctx.cursor["n"] = ctx.step + 1
@@ -219,8 +224,13 @@ def simulate(engine: Engine, model: Model) -> Totals:
 
 def models(quick: bool) -> list[Model]:
     window = QUICK_WINDOW_S if quick else WINDOW_S
+    # The floor (history "recent": the step's two writes) and the default ("steps":
+    # every step kept, one history item per 16 steps), each for both step periods.
     return [Model("back-to-back", BACK_TO_BACK_S, window_s=window),
-            Model("long", LONG_S, window_s=window)]
+            Model("long", LONG_S, window_s=window),
+            Model("back-to-back, default history", BACK_TO_BACK_S, window_s=window,
+                  history="steps"),
+            Model("long, default history", LONG_S, window_s=window, history="steps")]
 
 
 def run(engine: Engine, *, quick: bool) -> dict[str, Any]:
