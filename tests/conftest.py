@@ -125,6 +125,18 @@ def driver(app: jobstate.App, cont: jobstate.InMemoryContinuation,
     return make
 
 
+def scan(store: jobstate.JobStore) -> list[dict[str, Any]]:
+    """Every item of the store's table, in key order (to prove nothing was written)."""
+    items: list[dict[str, Any]] = []
+    kw: dict[str, Any] = {"ConsistentRead": True}
+    while True:
+        resp = store.call("scan", **kw)
+        items.extend(resp["Items"])
+        if "LastEvaluatedKey" not in resp:
+            return sorted(items, key=lambda i: (i["pk"]["S"], i["sk"]["S"]))
+        kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
 class RequestLog:
     """Counts DynamoDB requests made through a store's client, by operation."""
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import RequestLog
+from conftest import RequestLog, scan
 from conftest_hypothesis import active
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -114,17 +114,6 @@ effect_keys = st.one_of(any_text, huge_text(), st.integers(), st.none(), st.bina
                                          "k" * 513, "é" * 400, "\u2028", "key with spaces"]))
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def scan(store: jobstate.JobStore) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    kw: dict[str, Any] = {"ConsistentRead": True}
-    while True:
-        resp = store.call("scan", **kw)
-        items.extend(resp["Items"])
-        if "LastEvaluatedKey" not in resp:
-            return sorted(items, key=lambda i: (i["pk"]["S"], i["sk"]["S"]))
-        kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
 
 MALFORMED = (jobstate.InvalidInput, jobstate.StateNotSerializable, jobstate.StateTooLarge)

@@ -40,6 +40,14 @@ def lose_starts(app: jobstate.App, cont: jobstate.InMemoryContinuation,
     return ids
 
 
+def stale_starts(app: jobstate.App, cont: jobstate.InMemoryContinuation,
+                 clock: jobstate.ManualClock, n: int) -> list[str]:
+    """`n` jobs whose first continuation was lost, past the dispatch timeout: stale."""
+    ids = lose_starts(app, cont, n)
+    clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
+    return ids
+
+
 def test_lost_continuations_are_redispatched_with_in_memory_continuation(
     app: jobstate.App, jobstate_continuation: jobstate.InMemoryContinuation,
     jobstate_clock: jobstate.ManualClock,
@@ -91,8 +99,7 @@ def test_drains_pages_while_time_is_left(
     app: jobstate.App, jobstate_continuation: jobstate.InMemoryContinuation,
     jobstate_clock: jobstate.ManualClock,
 ) -> None:
-    lose_starts(app, jobstate_continuation, 7)
-    jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
+    stale_starts(app, jobstate_continuation, jobstate_clock, 7)
     counts = sweeper.run(app.store, jobstate_continuation, FakeLambdaContext(jobstate_clock),
                          limit=2)
     assert counts["dispatched"] == 7 and counts["pages"] >= 4 and counts["complete"]
@@ -102,8 +109,7 @@ def test_stops_early_and_leaves_the_rest_to_the_next_run(
     app: jobstate.App, jobstate_continuation: jobstate.InMemoryContinuation,
     jobstate_clock: jobstate.ManualClock,
 ) -> None:
-    lose_starts(app, jobstate_continuation, 7)
-    jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
+    stale_starts(app, jobstate_continuation, jobstate_clock, 7)
     short = FakeLambdaContext(jobstate_clock, timeout_ms=5_000)  # < the 10 s reserve
     first = sweeper.run(app.store, jobstate_continuation, short, limit=2)
     assert first["pages"] == 1 and not first["complete"] and first["dispatched"] == 2
@@ -116,8 +122,7 @@ def test_a_run_that_finishes_lets_the_next_start_at_the_beginning(
     app: jobstate.App, jobstate_continuation: jobstate.InMemoryContinuation,
     jobstate_clock: jobstate.ManualClock,
 ) -> None:
-    lose_starts(app, jobstate_continuation, 4)
-    jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
+    stale_starts(app, jobstate_continuation, jobstate_clock, 4)
     short = FakeLambdaContext(jobstate_clock, timeout_ms=5_000)
     assert sweeper.run(app.store, jobstate_continuation, short, limit=3)["dispatched"] == 3
     rest = sweeper.run(app.store, jobstate_continuation, short, limit=3)
@@ -136,8 +141,7 @@ def test_handler_reads_env_and_returns_counts(
     jobstate_clock: jobstate.ManualClock, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    lose_starts(app, jobstate_continuation, 2)
-    jobstate_clock.advance(app.store.dispatch_timeout_ms / 1000 + 1)
+    stale_starts(app, jobstate_continuation, jobstate_clock, 2)
     stub = LambdaSink()
     monkeypatch.setenv("JOBSTATE_FUNCTIONS", json.dumps(ROUTES))
     monkeypatch.setenv("JOBSTATE_EMF", "1")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RequestLog
+from conftest import RequestLog, scan
 from conftest_hypothesis import active
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -65,17 +65,6 @@ def world(app: jobstate.App, store: jobstate.JobStore, cont: jobstate.InMemoryCo
 
     World.store = store  # type: ignore[attr-defined]
     return World
-
-
-def scan(store: jobstate.JobStore) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    kw: dict[str, Any] = {"ConsistentRead": True}
-    while True:
-        resp = store.call("scan", **kw)
-        items.extend(resp["Items"])
-        if "LastEvaluatedKey" not in resp:
-            return sorted(items, key=lambda i: (i["pk"]["S"], i["sk"]["S"]))
-        kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
 
 def call(world: Any, event_: Any) -> tuple[int, dict[str, Any]]:
