@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -80,8 +81,8 @@ class StepContext:
         self._budget = budget
         self._specs: Mapping[str, Any] = specs or {}
         self._serdes = serdes.for_job(self._specs, job.job_type)
-        self._effects = Effects(store, lease, budget.remaining_ms, reconcile_guard_ms,
-                                effect_hooks, self._serdes)
+        self._reconcile_guard_ms = reconcile_guard_ms
+        self._effect_hooks = effect_hooks
         self.lambda_context = lambda_context
         self.job_id: str = job.job_id
         self.job_type: str = job.job_type
@@ -92,7 +93,14 @@ class StepContext:
         self.cursor: dict[str, Any] = dict(job.cursor)
         self.tokens: dict[str, Any] = dict(job.tokens)
         self._progress = job.progress
+        self._stored = lease.stored  # the state the item holds (checkpoints move it)
         self.log = logger or logging.LoggerAdapter(log, {"job_id": job.job_id})
+
+    @functools.cached_property
+    def _effects(self) -> Effects:
+        """The step's effect operations (made on first use: most steps have none)."""
+        return Effects(self._store, self._lease, self._budget.remaining_ms,
+                       self._reconcile_guard_ms, self._effect_hooks, self._serdes)
 
     def __repr__(self) -> str:
         return (
@@ -151,13 +159,16 @@ class StepContext:
 
     def encoded_state(self) -> State:
         state = State.encode(self._store, self.cursor, self.tokens, self._progress.to_dict(),
-                             job_id=self._lease.job_id)
+                             job_id=self._lease.job_id, stored=self._stored)
         state.check(input_json=self.input_json)
         return state
 
     def checkpoint(self) -> None:
         """Persist cursor, tokens and progress now (fenced by this step's lease)."""
-        transitions.checkpoint(self._store, self._lease, self.encoded_state())
+        state = self.encoded_state()
+        self._stored = None  # not known until the write is answered
+        transitions.checkpoint(self._store, self._lease, state)
+        self._stored = State(state.cursor, state.tokens, state.progress)
 
     # -- endings -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ carries the item the condition saw (ReturnValuesOnConditionCheckFailure=ALL_OLD)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,11 @@ Item = dict[str, Any]  # a raw DynamoDB item: attribute name -> attribute value
 
 def av(value: Any) -> dict[str, Any]:
     """A Python value as a DynamoDB attribute value (the few shapes jobstate stores)."""
+    kind = type(value)  # the common exact types first: every request converts a dozen
+    if kind is str:
+        return {"S": value}
+    if kind is int:
+        return {"N": str(value)}
     if isinstance(value, bool):
         return {"BOOL": value}
     if isinstance(value, int | float):
@@ -130,6 +135,13 @@ def start_at(start: Item | None) -> dict[str, Any]:
     return {"ExclusiveStartKey": start} if start else {}
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A value left open in an update built once and sent many times (`Update.bind`)."""
+
+    name: str
+
+
 @dataclass
 class Update:
     """One UpdateExpression (or a bare condition) with placeholder names and values.
@@ -163,11 +175,24 @@ class Update:
         ph = self._value_of.get(memo)
         if ph is None:
             ph = self._value_of[memo] = f":{len(self.values)}"
-            self.values[ph] = av(value)
+            self.values[ph] = value if isinstance(value, Slot) else av(value)
         return ph
+
+    def bind(self, **slots: Any) -> Update:
+        """A copy with each `Slot` value filled from `slots`: an update whose shape is
+        fixed is built once, and each request only converts its own values."""
+        values = {ph: av(slots[v.name]) if isinstance(v, Slot) else v
+                  for ph, v in self.values.items()}
+        return Update(list(self.sets), list(self.removes), list(self.adds), dict(self.names),
+                      values, list(self.conditions), dict(self._name_of), dict(self._value_of))
 
     def set(self, attr: str, value: Any) -> Update:
         self.sets.append(f"{self.n(attr)} = {self.v(value)}")
+        return self
+
+    def set_all(self, pairs: Iterable[tuple[str, Any]]) -> Update:
+        for attr, value in pairs:
+            self.set(attr, value)
         return self
 
     def set_expr(self, attr: str, expr: str) -> Update:

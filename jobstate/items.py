@@ -29,17 +29,28 @@ def _value(attr: Mapping[str, Any]) -> Any:
     return None
 
 
-def _decode(cls: type[T], raw: Mapping[str, Any], names: Mapping[str, str],
+def _decode(cls: type[T], raw: Mapping[str, Any], fields_of: Mapping[str, str],
             **given: Any) -> T:
-    """`cls` from the attributes of `raw` named in `names` (field -> attribute name);
-    absent attributes take the field's default; `given` fields are taken as they are."""
+    """`cls` from the attributes of `raw` that `fields_of` maps to its fields (attribute
+    name -> field, `_by_attr`); absent attributes take the field's default; `given` fields
+    are taken as they are."""
     values = {}
-    for field_name, attr in names.items():
-        found = raw.get(attr)
-        if found is not None:
+    # Over the item's attributes, not the record's fields: a job item holds fewer than
+    # half of JobItem's, and one is decoded on every claim.
+    for attr, found in raw.items():
+        field_name = fields_of.get(attr)
+        if field_name is not None:
             values[field_name] = _value(found)
     values.update(given)
     return cls(**values)
+
+
+def _by_attr(names: Mapping[str, str]) -> dict[str, str]:
+    """A record's field -> attribute name map turned around (one field per attribute)."""
+    out = {attr: field_name for field_name, attr in names.items()}
+    if len(out) != len(names):
+        raise ValueError("two fields of a record are decoded from one attribute")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,7 @@ _JOB_RENAMED = {"job_type": J.TYPE, "lease_owner": J.OWNER, "lease_expires_at": 
 # field -> attribute name; a field with no name in schema.J fails here, at import.
 _JOB_NAMES = {f.name: _JOB_RENAMED.get(f.name) or getattr(J, f.name.upper())
               for f in fields(JobItem)}
+_JOB_FIELDS = _by_attr(_JOB_NAMES)
 
 
 # A lease expiry or a wait of 0 is stored for "none" (the claim's condition is then one
@@ -131,7 +143,7 @@ _ZERO_IS_NONE = {J.LEASE: "lease_expires_at", J.NOT_BEFORE: "not_before"}
 
 def job_item(raw: Mapping[str, Any]) -> JobItem:
     status = raw.get(J.STATUS, {}).get("S")
-    return _decode(JobItem, raw, _JOB_NAMES, status=JobStatus(status), **_none_for_zero(raw),
+    return _decode(JobItem, raw, _JOB_FIELDS, status=JobStatus(status), **_none_for_zero(raw),
                    recent=_recent(raw))
 
 
@@ -144,7 +156,7 @@ def _recent(raw: Mapping[str, Any]) -> str | None:
 def indexed_job(raw: Mapping[str, Any]) -> JobItem:
     """A job as an index projects it: its id from the key, what is not projected unset."""
     status = raw.get(J.STATUS, {}).get("S")
-    return _decode(JobItem, raw, _JOB_NAMES, job_id=pk_job_id(raw), status=JobStatus(status),
+    return _decode(JobItem, raw, _JOB_FIELDS, job_id=pk_job_id(raw), status=JobStatus(status),
                    **_none_for_zero(raw))
 
 
@@ -174,11 +186,12 @@ _EFFECT_NAMES = {"state": FX.STATE, "owner": FX.OWNER, "step": FX.STEP, "result"
                  "started_at": FX.STARTED_AT, "done_at": FX.DONE_AT,
                  "semantics": FX.SEMANTICS, "runs": FX.RUNS, "lease_until": FX.LEASE_UNTIL,
                  "last_error": FX.LAST_ERROR, "expires_at": FX.EXPIRES}
+_EFFECT_FIELDS = _by_attr(_EFFECT_NAMES)
 
 
 def effect_item(raw: Mapping[str, Any]) -> EffectItem:
     key = str(raw[SK]["S"]).split("#", 1)[1]
-    return _decode(EffectItem, raw, _EFFECT_NAMES, key=key)
+    return _decode(EffectItem, raw, _EFFECT_FIELDS, key=key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +210,11 @@ class ChildItem:
 _CHILD_NAMES = {"child_id": CH.CHILD_ID, "status": CH.STATUS, "index": CH.INDEX,
                 "result": CH.RESULT, "error": CH.ERROR, "joined_at": CH.JOINED_AT,
                 "expires_at": CH.EXPIRES}
+_CHILD_FIELDS = _by_attr(_CHILD_NAMES)
 
 
 def child_item(raw: Mapping[str, Any]) -> ChildItem:
-    return _decode(ChildItem, raw, _CHILD_NAMES)
+    return _decode(ChildItem, raw, _CHILD_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +230,11 @@ class ControlItem:
 
 def control_item(raw: Mapping[str, Any]) -> ControlItem:
     job_type = str(raw["pk"]["S"]).split("#", 1)[1]
-    return _decode(ControlItem, raw, {"paused": CTL.PAUSED, "reason": CTL.REASON,
-                                      "updated_at": CTL.UPDATED, "waking": CTL.WAKING},
-                   job_type=job_type)
+    return _decode(ControlItem, raw, _CONTROL_FIELDS, job_type=job_type)
+
+
+_CONTROL_FIELDS = _by_attr({"paused": CTL.PAUSED, "reason": CTL.REASON,
+                            "updated_at": CTL.UPDATED, "waking": CTL.WAKING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,11 +271,12 @@ _CALLBACK_NAMES = {"state": CB.STATE, "secret_hash": CB.SECRET_HASH, "result": C
                    "job_type": CB.JOB_TYPE, "job_created": CB.JOB_CREATED,
                    "created_at": CB.CREATED, "answered_at": CB.ANSWERED_AT,
                    "expires_at": CB.EXPIRES, "plain": CB.PLAIN}
+_CALLBACK_FIELDS = _by_attr(_CALLBACK_NAMES)
 
 
 def callback_item(raw: Mapping[str, Any]) -> CallbackItem:
     name = str(raw[SK]["S"]).split("#", 1)[1]
-    return _decode(CallbackItem, raw, _CALLBACK_NAMES, job_id=pk_job_id(raw), name=name)
+    return _decode(CallbackItem, raw, _CALLBACK_FIELDS, job_id=pk_job_id(raw), name=name)
 
 
 def pk_job_id(raw: Mapping[str, Any]) -> str:

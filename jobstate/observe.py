@@ -158,7 +158,8 @@ def invocation(context: Any = None, *, logger: Any = None, emf: bool | None = No
         yield inv
     finally:
         _current.reset(token)
-        inv.metrics.flush()
+        if inv.metrics.enabled:
+            inv.metrics.flush()
 
 
 def count(name: str, value: float = 1) -> None:
@@ -171,15 +172,18 @@ def count(name: str, value: float = 1) -> None:
 def event(outcome: str, level: int = logging.INFO, **fields: Any) -> None:
     """One structured log line (and a metric, inside an invocation). Never pass tokens."""
     inv = _current.get()
-    record: dict[str, Any] = {"jobstate": outcome}
     if inv is not None:
-        record.update(inv.fields)
         inv.metrics.outcome(outcome)
         job_type = fields.get("job_type")
         if inv.by_job_type and inv.metrics.job_type is None and isinstance(job_type, str):
             inv.metrics.job_type = job_type
+    logger = inv.logger if inv is not None and inv.logger is not None else log
+    if isinstance(logger, logging.Logger | logging.LoggerAdapter) and not logger.isEnabledFor(
+            level):
+        return  # counted; the line is not wanted (a step logs two or three: build none)
+    record: dict[str, Any] = {"jobstate": outcome, **(inv.fields if inv is not None else {})}
     record.update({k: v for k, v in fields.items() if v is not None})
-    write(inv.logger if inv is not None and inv.logger is not None else log, level, record)
+    write(logger, level, record)
 
 
 def write(logger: Any, level: int, record: dict[str, Any]) -> None:

@@ -53,9 +53,9 @@ def claim(
     now = table.clock.now_ms()
     owner = new_owner(request_id)
     try:
-        old = transitions.claim(table, job_id, step, owner, lease_until_ms,
-                                waiting_children_ok=waiting_children_ok, job_type=job_type)
-        item, prev = transitions.claimed(old, owner, lease_until_ms, now), old.lease_owner
+        item, prev = transitions.claim(table, job_id, step, owner, lease_until_ms,
+                                       waiting_children_ok=waiting_children_ok,
+                                       job_type=job_type)
     except Refused as refusal:
         found = job_item(refusal.old) if refusal.old is not None else None
         if found is None or not _is_mine(found, owner, step):
@@ -70,7 +70,7 @@ def claim(
         return _park_unreadable(table, item, step, owner, lease_until_ms, now, request_id, exc)
     takeover = prev is not None
     lease = Lease(job_id, job.job_type, step, owner, lease_until_ms, now, request_id, job,
-                  takeover)
+                  takeover, State.of(item.cursor, item.tokens, item.progress))
     outcome = ClaimOutcome.TAKEOVER if takeover else ClaimOutcome.CLAIMED
     return ClaimResult(outcome, lease, job, f"took over from {prev}" if takeover else "")
 

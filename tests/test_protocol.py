@@ -122,6 +122,29 @@ def test_dead_invocation_lease_expiry_takeover_and_fencing(app, cont, store, clo
     assert store.get("scan-1").status is JobStatus.SUCCEEDED
 
 
+def test_state_put_back_after_a_checkpoint_is_committed(app, cont, store):
+    """A write leaves out the state parts the item already holds; after a checkpoint the
+    item holds the checkpoint's, so a step that puts back the state it was claimed with
+    still commits it (and a step that changes nothing keeps it)."""
+    @app.job("undo", max_steps=10)
+    def undo(ctx: jobstate.StepContext) -> Any:
+        if ctx.step == 2:
+            return ctx.complete(dict(ctx.cursor))
+        if ctx.step == 1:  # (step 0 found no tokens or progress stored yet)
+            claimed = dict(ctx.cursor), dict(ctx.tokens)
+            ctx.cursor["n"], ctx.tokens["t"] = 99, "tmp"
+            ctx.checkpoint()
+            assert store.get(ctx.job_id, secrets=True).cursor == {"n": 99}
+            ctx.cursor, ctx.tokens = dict(claimed[0]), dict(claimed[1])
+        return None
+
+    app.start("undo", None, job_id="undo-1", cursor={"n": 1})
+    drain(app, cont)
+    job = store.get("undo-1", secrets=True)
+    assert job.status is JobStatus.SUCCEEDED and job.result == {"n": 1}
+    assert job.cursor == {"n": 1} and job.tokens == {}
+
+
 def test_dead_owner_late_commit_is_fenced(store, clock):
     store.create("t", {"x": 1}, job_id="fence")
     a = protocol.claim(store, "fence", 0, request_id="A", lease_until_ms=clock.now_ms() + 1000)

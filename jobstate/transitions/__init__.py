@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from .. import history, schema
-from ..dynamo import Item, Refused, TransactionRefused, Update, condition
+from ..dynamo import Item, Refused, Slot, TransactionRefused, Update, condition
 from ..dynamo import request_token as request_token  # re-exported: effects, callbacks
 from ..errors import JobCancelled, LeaseLost
 from ..history import history_item
@@ -27,6 +26,7 @@ from ..newjob import QUEUED_UNTIL  # noqa: F401  (fan-out reads it here)
 from ..schema import J
 from ..status import RUNNABLE, JobStatus
 from ..table import Table
+from . import claims
 
 ERROR_CHARS = 4000
 
@@ -45,8 +45,7 @@ def _fenced(lease: Lease, now: int) -> Update:
 
 
 def _state(upd: Update, state: State) -> Update:
-    return upd.set(J.CURSOR, state.cursor).set(J.TOKENS, state.tokens).set(
-        J.PROGRESS, state.progress)
+    return upd.set_all(state.changed(J.CURSOR, J.TOKENS, J.PROGRESS))  # the rest is stored
 
 
 def _unleased(upd: Update) -> Update:
@@ -176,36 +175,20 @@ def purge(table: Table, job_id: str) -> None:
 
 
 def claim(table: Table, job_id: str, step: int, owner: str, lease_until_ms: int, *,
-          waiting_children_ok: bool = False, job_type: str | None = None) -> JobItem:
-    """Take step `step`: the job as it was (ALL_OLD: who held it before, for a takeover),
-    or `Refused` with the item as it was."""
+          waiting_children_ok: bool = False, job_type: str | None = None
+          ) -> tuple[JobItem, str | None]:
+    """Take step `step`: the job as the claim left it (ALL_OLD with its changes: no read) and
+    who held it before (a takeover); or `Refused` with the item as it was."""
     now = table.clock.now_ms()
-    upd = (Update().set(J.STATUS, JobStatus.RUNNING.value).set(J.OWNER, owner)
-           .set(J.LEASE, lease_until_ms).set(J.UPDATED, now)
-           .remove(J.WAIT_REASON, J.REDISPATCHES, J.SWEPT_AT).add(J.INVOCATIONS, 1))
-    # No existence test: `step = N` fails on a missing item. `waiting_children_ok` is the
-    # sweeper failing a job past its deadline: its wait and children do not hold it.
-    upd.where(upd.eq(J.STEP, step),
-              upd.in_(J.STATUS, [s.value for s in (JobStatus.PENDING, JobStatus.RUNNING,
-                                                    JobStatus.WAITING)]),
-              lease_over(upd, now), upd.absent(J.PAUSED_BY))
-    if not waiting_children_ok:
-        upd.where(f"{upd.n(J.NOT_BEFORE)} <= {upd.v(now)}", upd.absent_or(J.PENDING, "<=", 0))
-    if job_type is not None:
-        upd.where(upd.eq(J.TYPE, job_type))
-    return job_item(table.update(schema.job_key(job_id), upd, returns="ALL_OLD"))
+    upd = claims.update(waiting_children_ok, job_type is not None, lease_over).bind(
+        owner=owner, lease=lease_until_ms, now=now, step=step, type=job_type)
+    old = table.update(schema.job_key(job_id), upd, returns="ALL_OLD")
+    return claims.claimed(old, owner, lease_until_ms, now), old.get(J.OWNER, {}).get("S")
 
 
-def lease_over(upd: Update, now: int) -> str:
+def lease_over(upd: Update, now: int | Slot) -> str:
     """The claim's lease clause: no live lease (an expiry of 0 is no lease)."""
     return f"{upd.n(J.LEASE)} < {upd.v(now)}"
-
-
-def claimed(old: JobItem, owner: str, lease_until_ms: int, now: int) -> JobItem:
-    """The job as a claim that met `old` left it."""
-    return replace(old, status=JobStatus.RUNNING, lease_owner=owner,
-                   lease_expires_at=lease_until_ms, updated_at=now, wait_reason=None,
-                   redispatches=0, swept_at=None, invocations=old.invocations + 1)
 
 
 def checkpoint(table: Table, lease: Lease, state: State) -> None:
