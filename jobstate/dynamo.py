@@ -146,9 +146,10 @@ class Slot:
 class Update:
     """One UpdateExpression (or a bare condition) with placeholder names and values.
 
-    Attribute names always go through placeholders (`n`), values through `v`; conditions
-    are written with them (`upd.where(f"{upd.n(A)} = {upd.v(x)}")`) or with the helpers
-    (`eq`, `absent_or`, `in_`).
+    Attribute names go through `n` (a placeholder, or the name itself when DynamoDB takes
+    it as it is), values through `v`; conditions are written with them
+    (`upd.where(f"{upd.n(A)} = {upd.v(x)}")`) or with the helpers (`eq`, `absent_or`,
+    `in_`).
     """
 
     sets: list[str] = field(default_factory=list)
@@ -162,11 +163,13 @@ class Update:
     _value_of: dict[tuple[type, Any], str] = field(default_factory=dict, repr=False)
 
     def n(self, attr: str) -> str:
-        """The placeholder of attribute `attr`."""
+        """How the expressions name attribute `attr`: itself, or a placeholder."""
         ph = self._name_of.get(attr)
         if ph is None:
-            ph = self._name_of[attr] = f"#{len(self._name_of)}"
-            self.names[ph] = attr
+            ph = attr if plain_name(attr) else f"#{len(self.names)}"
+            self._name_of[attr] = ph
+            if ph != attr:
+                self.names[ph] = attr
         return ph
 
     def v(self, value: Any) -> str:
@@ -247,15 +250,32 @@ class Update:
         if parts:
             out["UpdateExpression"] = " ".join(parts)
         if self.conditions:
-            # Each part in parentheses when there are several (a part may hold an OR);
-            # none around a lone one (DynamoDB refuses redundant parentheses).
+            # A part that holds an OR in parentheses when there are several (AND binds
+            # tighter); none around the others, or a lone one (DynamoDB refuses redundant
+            # parentheses, and parses every one it is sent).
+            several = len(self.conditions) > 1
             out["ConditionExpression"] = " AND ".join(
-                c if len(self.conditions) == 1 else f"({c})" for c in self.conditions)
+                f"({c})" if several and " OR " in c else c for c in self.conditions)
         if self.names:
             out["ExpressionAttributeNames"] = dict(self.names)
         if self.values:
             out["ExpressionAttributeValues"] = dict(self.values)
         return out
+
+
+# DynamoDB's reserved words of one or two letters (Amazon DynamoDB Developer Guide,
+# "Reserved words in DynamoDB"; the list is not case-sensitive).
+RESERVED_SHORT = frozenset({"AS", "AT", "BY", "DO", "GO", "IF", "IN", "IS", "NO", "OF", "ON",
+                            "OR", "TO"})
+
+
+def plain_name(attr: str) -> bool:
+    """Whether an expression may name attribute `attr` as it is: one or two ASCII letters
+    or digits starting with a letter, and no reserved word. jobstate's own attributes are
+    such names, so most requests need no ExpressionAttributeNames (bytes, and work for the
+    service to substitute)."""
+    return (len(attr) <= 2 and attr.isascii() and attr.isalnum() and attr[0].isalpha()
+            and attr.upper() not in RESERVED_SHORT)
 
 
 def condition(build: Callable[[Update], str]) -> dict[str, Any]:

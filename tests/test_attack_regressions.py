@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -38,8 +39,10 @@ def _effect_write(op: str, kind: str = "") -> Callable[[str, dict[str, Any]], bo
             return False
         if kind == DONE_WRITE:
             return {"S": "DONE"} in kw.get("ExpressionAttributeValues", {}).values()
-        if kind == TAKE_OVER:
-            return jobstate.schema.FX.RUNS in kw.get("ExpressionAttributeNames", {}).values()
+        if kind == TAKE_OVER:  # its runs attribute, named as it is or by a placeholder
+            runs = jobstate.schema.FX.RUNS
+            return (runs in kw.get("ExpressionAttributeNames", {}).values()
+                    or re.search(rf"\b{runs}\b", kw.get("UpdateExpression", "")) is not None)
         return True
     return pick
 

@@ -98,7 +98,7 @@ def _check(backend: Any, items: list[dict[str, Any]]) -> list[tuple[str, dict[st
         cond = op.get("ConditionExpression")
         if cond is not None:
             try:
-                ok = get_filter_expression(cond, op.get("ExpressionAttributeNames"),
+                ok = get_filter_expression(cond, op.get("ExpressionAttributeNames") or {},
                                            op.get("ExpressionAttributeValues")).expr(current)
             except Exception:
                 raise _Fallback from None
