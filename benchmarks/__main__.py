@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--quick] [--engine ...] [--out FILE] [--markdown]`."""
+"""`python -m benchmarks [--quick] [--engine ...] [--out FILE] [--markdown] [--only FIG ...]`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,13 @@ def step_summaries(results: dict[str, Any]) -> list[Summary]:
                 f"{big['billed_rru']:g} RRU per step" if big["billed_wru"] is not None
                 else "engine reports no capacity"),
         _request_bytes(f2),
+        *latency_summaries(f2),
+    ]
+
+
+def latency_summaries(f2: dict[str, Any]) -> list[Summary]:
+    """Figure 2's lines: the step's latency against Powertools and the two floors."""
+    return [
         at_most("step.latency_ratio_vs_powertools", f2["ratio_median"],
                 LATENCY_VS_POWERTOOLS,
                 f"median {f2['jobstate']['median_ms']:.2f} ms vs "
@@ -280,6 +287,43 @@ def print_tables(results: dict[str, Any], *, markdown: bool) -> None:
          cost.table_rows(f5, "effects"))
 
 
+ONLY = ("requests", "latency")  # figures that stand alone (the others feed the cost model)
+
+
+def only(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """`--only`: the chosen figures, each with its own table and summary lines."""
+    logging.getLogger("jobstate").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="aws_lambda_powertools")
+    engine = start_engine(args.engine)
+    results: dict[str, Any] = {"meta": {"command": "python -m benchmarks " + " ".join(
+        sys.argv[1:] if argv is None else argv), "quick": args.quick,
+        "machine": machine.describe(), "engine": {"name": engine.name, "note": engine.note}}}
+    print(f"jobstate benchmarks, only {', '.join(args.only)} "
+          f"({'quick' if args.quick else 'full'}) on {engine.note}")
+    try:
+        for name in args.only:
+            print(f"-- running {name} (load {os.getloadavg()[0]:.2f}) ...", flush=True)
+            results[name] = (requests.run if name == "requests" else latency.run)(
+                engine, quick=args.quick)
+    finally:
+        engine.stop()
+    if "requests" in results:
+        print("\n== 1. requests and capacity per unit of work")
+        print(table(requests.HEADERS, requests.table_rows(results["requests"]),
+                    markdown=args.markdown))
+    if "latency" in results:
+        f2 = results["latency"]
+        print("\n== 2. latency per step, interleaved")
+        print(table(latency.HEADERS, latency.table_rows(f2), markdown=args.markdown))
+        for s in (_request_bytes(f2), *latency_summaries(f2)):
+            print(s.line())
+    if args.out != DEFAULT_OUT:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"result written to {args.out}")
+    return 0
+
+
 def local_cross_check(endpoint_url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Figure 3 on the local runtime; never fails the run (it reports why it was skipped)."""
     try:
@@ -300,7 +344,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"JSON result file (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--markdown", action="store_true", help="print tables as markdown")
+    parser.add_argument("--only", nargs="+", choices=ONLY, metavar="FIG",
+                        help=f"run only these figures ({', '.join(ONLY)}): their tables and "
+                             "lines, no summary of the rest, written to --out only if given "
+                             "(e.g. `--only latency`: figure 2 in about a minute)")
     args = parser.parse_args(argv)
+    if args.only:
+        return only(args, argv)
 
     logging.getLogger("jobstate").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="aws_lambda_powertools")

@@ -79,6 +79,8 @@ def _check_json(value: Any, path: str, depth: int = 0) -> None:
 
 def dumps(value: Any, what: str) -> str:
     """Serialise `value` to compact JSON or raise a clear error naming `what`."""
+    if type(value) is dict and not value:
+        return "{}"  # no tokens, an empty cursor: every step encodes one or two
     _check_json(value, what)
     text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     try:

@@ -7,6 +7,7 @@ carries the item the condition saw (ReturnValuesOnConditionCheckFailure=ALL_OLD)
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -269,6 +270,7 @@ RESERVED_SHORT = frozenset({"AS", "AT", "BY", "DO", "GO", "IF", "IN", "IS", "NO"
                             "OR", "TO"})
 
 
+@functools.cache  # a handful of names, asked for on every request
 def plain_name(attr: str) -> bool:
     """Whether an expression may name attribute `attr` as it is: one or two ASCII letters
     or digits starting with a letter, and no reserved word. jobstate's own attributes are
