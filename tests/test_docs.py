@@ -234,19 +234,22 @@ def test_cost_arithmetic_in_deployment_doc() -> None:
     wru, rru, req, sfn, durable = 0.625, 0.125, 0.20, 25.0, 8.0
     facts = {
         "request floor": 2 * wru + req,
-        # The cost model's figures: the WRU (history included) + the sweeper's RRU + the
-        # invokes per step.
-        "model": 2.06 * wru + 0.113 * rru + 1.003 * req,
-        "model long": 2.05 * wru + 0.68 * rru + 1.02 * req,
+        # The cost model's figures: the WRU (history "recent", then the default history)
+        # + the sweeper's RRU + the invokes per step.
+        "model": 2 * wru + 0.113 * rru + 1.003 * req,
+        "model long": 2 * wru + 0.68 * rru + 1.02 * req,
+        "model history": 2.06 * wru + 0.113 * rru + 1.003 * req,
+        "model long history": 2.05 * wru + 0.68 * rru + 1.02 * req,
         "step functions": sfn + req,
         "durable": durable + req,
         "once": 2 * wru,
         "once_batch": 4 * wru + rru,
     }
-    assert facts == pytest.approx({"request floor": 1.45, "model": 1.50, "model long": 1.57,
+    assert facts == pytest.approx({"request floor": 1.45, "model": 1.46, "model long": 1.54,
+                                   "model history": 1.50, "model long history": 1.57,
                                    "step functions": 25.20, "durable": 8.20, "once": 1.25,
                                    "once_batch": 2.625}, abs=0.005)
-    for figure in ("$1.45", "$1.50", "$1.57", "0.113 RRU", "0.68 RRU", "$25.20", "$8.20",
+    for figure in ("$1.45", "$1.46", "$1.54", "$1.50", "$1.57", "0.113 RRU", "0.68 RRU", "$25.20", "$8.20",
                    "$1.25", "$2.625", "$0.625", "$0.20", "$25 per", "$8 per"):
         assert figure in text, figure
     assert "2 × 0.625" not in text or "$1.25" in text
@@ -260,11 +263,13 @@ def test_benchmark_reference_agrees_with_the_doc() -> None:
         pytest.skip("no benchmark reference run")
     rows = {r["option"]: r for r in json.loads(ref.read_text())["cost"]["steps"]}
     back_to_back = next(r for k, r in rows.items() if k.startswith("jobstate, back-to-back"))
-    # 2 WRU for the claim and the commit, + history's one item per 16 steps.
-    assert back_to_back["wru"] == pytest.approx(2 + 2 / 39, abs=0.01)
-    model = next(r for k, r in rows.items() if k.startswith("jobstate, cost model back-to-back"))
+    # 2 WRU for the claim and the commit (history "recent": its records ride on them).
+    assert back_to_back["wru"] == pytest.approx(2, abs=0.01)
     deployment = (ROOT / "docs" / "deployment.md").read_text()
-    assert f"**${model['usd_per_million']:.2f}**" in deployment
+    models = [r for k, r in rows.items() if k.startswith("jobstate, cost model")]
+    assert len(models) == 4  # both periods, history "recent" and the default
+    for model in models:
+        assert f"**${model['usd_per_million']:.2f}**" in deployment, model["option"]
 
 
 # -- the slim bundle ------------------------------------------------------------------------------
