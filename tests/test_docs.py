@@ -249,8 +249,8 @@ def test_cost_arithmetic_in_deployment_doc() -> None:
                                    "model history": 1.50, "model long history": 1.57,
                                    "step functions": 25.20, "durable": 8.20, "once": 1.25,
                                    "once_batch": 2.625}, abs=0.005)
-    for figure in ("$1.45", "$1.46", "$1.54", "$1.50", "$1.57", "0.113 RRU", "0.68 RRU", "$25.20", "$8.20",
-                   "$1.25", "$2.625", "$0.625", "$0.20", "$25 per", "$8 per"):
+    for figure in ("$1.45", "$1.46", "$1.54", "$1.50", "$1.57", "0.113 RRU", "0.68 RRU",
+                   "$25.20", "$8.20", "$1.25", "$2.625", "$0.625", "$0.20", "$25 per", "$8 per"):
         assert figure in text, figure
     assert "2 × 0.625" not in text or "$1.25" in text
 
