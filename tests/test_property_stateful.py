@@ -667,8 +667,12 @@ class NoLeaseLedger(WhileHoldersLive):
 
 # Generation only: the first failing example is the proof (shrinking it takes minutes).
 # It is typically found within a few dozen examples; 1000 is a bound, not a budget.
+# Derandomized: with a random seed the search took 2 s to 112 s (a CI run's worst case
+# pushed the whole run past its 20 minutes); this seed finds each bug in under 15 s,
+# every run.
 BROKEN = active(max_examples=1000, stateful_step_count=STEP_COUNT, database=None,
-                phases=[Phase.generate], print_blob=False, report_multiple_bugs=False)
+                derandomize=True, phases=[Phase.generate], print_blob=False,
+                report_multiple_bugs=False)
 
 
 def test_broken_claim_is_caught_as_double_lease(moto: Any,
