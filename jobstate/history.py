@@ -97,7 +97,7 @@ def ring(table: Table, lease: Lease, event: str, now: int) -> tuple[str, bool, I
     before = (lease.job.recent or "").split()
     if len(before) < RING:
         return mine, bool(before), None
-    if lease.job.history == "recent":  # the last steps only: older records go
+    if lease.job.history_mode == "recent":  # the last steps only: older records go
         return mine, False, None
     return mine, False, steps_item(table, lease, before)
 

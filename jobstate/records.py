@@ -61,8 +61,8 @@ class JobView:
     retries: int = 0
     run_ms: int = 0
     expires_at: int | None = None
-    history: str = "steps"  # its history mode (historymode.py)
-    history_on: bool = False  # history == "step-items" (older name)
+    history_mode: str = "steps"  # historymode.py
+    history_on: bool = False  # history_mode == "step-items" (older name)
     child_index: int | None = None
     release_id: str | None = None
     parent_type: str | None = None
@@ -223,7 +223,7 @@ def job_view(item: JobItem, tokens: dict[str, Any], input: Any = INLINE, *,
         pending_children=item.pending, children_total=item.children_total,
         created_at=item.created_at, updated_at=item.updated_at,
         invocations=item.invocations, takeovers=item.takeovers, retries=item.retries,
-        run_ms=item.run_ms, expires_at=item.expires_at, history=mode,
+        run_ms=item.run_ms, expires_at=item.expires_at, history_mode=mode,
         history_on=mode == "step-items",
         child_index=item.child_index, release_id=item.release_id,
         parent_type=item.parent_type, ancestors=ancestors_of(item),

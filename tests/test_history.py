@@ -91,7 +91,7 @@ def test_history_recent_keeps_the_last_steps_at_two_writes_a_step(
     steps = 3 * history.RING + 5
     counting(app, "lean", steps, history="recent")
     jid = app.start("lean", {})
-    assert app.store.get(jid).history == "recent"
+    assert app.store.get(jid).history_mode == "recent"
     per_step = metered(app, cont, requests_log)
     assert all((w, r) == (2, 0) for s, w, r in per_step if 0 < s < steps), per_step
     # The steps since the last multiple of RING (on the job item), not older ones.
@@ -137,7 +137,7 @@ def test_history_modes_are_checked_before_anything_is_written(app: jobstate.App)
     counting(app, "old-style", 2, history=True)  # what older versions took: an item a step
     jid = app.start("old-style", {})
     view = app.store.get(jid)
-    assert view.history == "step-items" and view.history_on
+    assert view.history_mode == "step-items" and view.history_on
 
 
 def test_children_keep_their_own_types_history_mode(
@@ -153,8 +153,8 @@ def test_children_keep_their_own_types_history_mode(
     jid = app.start("root", {})
     drain(app, cont)
     kids = [child_id(jid, 0, i) for i in range(2)]
-    assert {app.store.get(k).history for k in kids} == {"recent"}
-    assert app.store.get(jid).history == "steps"
+    assert {app.store.get(k).history_mode for k in kids} == {"recent"}
+    assert app.store.get(jid).history_mode == "steps"
 
 
 @pytest.mark.parametrize("mode", ["steps", "recent", "step-items"])

@@ -207,7 +207,7 @@ def commit(table: Table, lease: Lease, state: State, *, hop: int | None = None) 
         upd.set(J.HOP, hop)
     _record(table, lease, upd, "committed", now)
     _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
-    if lease.job.history == "step-items":
+    if lease.job.history_mode == "step-items":
         history.record(table, lease, "committed")
     return nxt
 
@@ -227,7 +227,7 @@ def sleep(table: Table, lease: Lease, state: State, *, until_ms: int, reason: st
      .set(J.LIST_KEY, schema.list_range(job.job_type, schema.ASLEEP, job.created_at or now)))
     _record(table, lease, upd, "waited", now)
     _apply(table, lease, upd, "commit", applied=lambda old: old.step == nxt)
-    if job.history == "step-items":
+    if job.history_mode == "step-items":
         history.record(table, lease, "committed")
     return nxt
 
