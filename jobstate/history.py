@@ -154,12 +154,12 @@ def note(table: Table, job: JobLike, event: str, *, who: str | None = None,
     """Record something that happened to `job` outside its steps: an operator's action
     (`paused`, `resumed`, `cancelled`, `settled`, `redriven`), a callback's answer, ...
 
-    One unconditional PutItem under the job's partition. `who` is the caller (an IAM ARN,
-    an OS user); `detail` says why or what (cut to DETAIL_CHARS). `at_ms` dates it (default
-    now). `once`: the note is of something with a time of its own (`at_ms`, e.g. a callback
-    answer), keyed by that alone, and put only if it is missing — so whoever repeats the
-    act repeats the note safely. Callers outside this module use this function, never
-    their own item.
+    One PutItem under the job's partition (conditional with `once`). `who` is the caller
+    (an IAM ARN, an OS user); `detail` says why or what (cut to DETAIL_CHARS); `at_ms`
+    dates it (default now). `once`: the note is of something with a time of its own
+    (`at_ms`, e.g. a callback answer), keyed by that alone and put only if missing, so
+    whoever repeats the act repeats the note safely. Callers outside this module use this
+    function, never their own item.
     """
     now = table.clock.now_ms() if at_ms is None else at_ms
     at = job.step if step is None else step
